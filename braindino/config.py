@@ -64,7 +64,7 @@ def build(cls: type[T], raw: Any, source: str, prefix: str = "") -> T:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
-        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]!r} (known keys: {known})")
+        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r} (known keys: {known})")
     values = {}
     for name, field in fields.items():
         key = f"{prefix}{name}"
