@@ -1,0 +1,22 @@
+"""Canonical volumes and the preprocessing every stage shares (ingest, evaluation, serving)."""
+
+from braindino.volumes.canonical import CanonicalVolume, canonicalise, voxel_spacing
+from braindino.volumes.intensity import normalise_intensity, percentiles
+from braindino.volumes.resample import resample
+from braindino.volumes.slicing import axial_slices, centre_pad_crop, non_empty_range
+from braindino.volumes.spec import PreprocessSpec, Slice, preprocess
+
+__all__ = [
+    "CanonicalVolume",
+    "PreprocessSpec",
+    "Slice",
+    "axial_slices",
+    "canonicalise",
+    "centre_pad_crop",
+    "non_empty_range",
+    "normalise_intensity",
+    "percentiles",
+    "preprocess",
+    "resample",
+    "voxel_spacing",
+]
