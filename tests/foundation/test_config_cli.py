@@ -1,0 +1,57 @@
+"""Typed configs fail loudly with the file and key; the CLI lists its commands."""
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from braindino.config import ConfigError, flatten, load_config, to_dict
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    optim: Optim = field(default_factory=Optim)
+    crops: list[int] = field(default_factory=lambda: [224, 96])
+
+
+def test_yaml_and_overrides_build_the_typed_tree(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: run-1\noptim:\n  lr: 2\n")
+    config = load_config(Job, path, ["optim.betas=[0.8, 0.9]", "crops=[256]"])
+    assert config == Job("run-1", Optim(2.0, (0.8, 0.9)), [256])
+    assert flatten(to_dict(config))["optim.lr"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("name: x\noptim:\n  lr_max: 1\n", [], "unknown key 'optim.lr_max'"),
+        ("optim: {}\n", [], "missing required key 'name'"),
+        ("name: x\noptim:\n  lr: fast\n", [], "optim.lr must be float"),
+        ("name: x\n", ["optim.betas=[1]"], "optim.betas must have 2 items"),
+        ("- a\n", [], "top level must be a mapping"),
+    ],
+)
+def test_bad_config_names_the_file_and_key(tmp_path, text, overrides, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(Job, path, overrides)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_cli_help_lists_commands_and_rejects_bad_keys():
+    exe = Path(sys.executable).parent / "braindino"
+    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "demo" in help_text
+    bad = subprocess.run([exe, "demo", "--set", "bucket_name=x"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown key 'bucket_name'" in bad.stderr
