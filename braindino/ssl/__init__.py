@@ -1,0 +1,27 @@
+"""Self-distillation objective: losses, Sinkhorn-Knopp, EMA teacher, schedules, health signals."""
+
+from braindino.ssl.dino_loss import dino_loss
+from braindino.ssl.gram import gram_loss, resize_token_grid
+from braindino.ssl.ibot_loss import ibot_loss
+from braindino.ssl.koleo import koleo_loss
+from braindino.ssl.schedules import LinearWarmup, ScheduleConfig, TrainingSchedules, WarmupCosine
+from braindino.ssl.self_distillation import DistillationNetwork, SelfDistillation, SelfDistillationConfig
+from braindino.ssl.sinkhorn_knopp import SinkhornKnopp
+from braindino.ssl.teacher import ema_update
+
+__all__ = [
+    "DistillationNetwork",
+    "LinearWarmup",
+    "ScheduleConfig",
+    "SelfDistillation",
+    "SelfDistillationConfig",
+    "SinkhornKnopp",
+    "TrainingSchedules",
+    "WarmupCosine",
+    "dino_loss",
+    "ema_update",
+    "gram_loss",
+    "ibot_loss",
+    "koleo_loss",
+    "resize_token_grid",
+]
