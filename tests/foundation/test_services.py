@@ -40,3 +40,17 @@ def test_mlflow_run_is_logged_and_read_back(mlflow_local):
     assert stored.info.artifact_uri.startswith(mlflow_local.artifact_root)
     assert mlflow.artifacts.load_text(f"{stored.info.artifact_uri}/notes/readme.txt") == "hello"
     assert use_experiment(config) == experiment_id  # idempotent
+
+
+def test_bundled_real_mri_lands_in_the_bucket_byte_for_byte(object_store, bucket):
+    from braindino.catalogue import entry
+    from infra.local.bundled import scan_files, upload_bundled
+
+    datasets = {"icbm152": ["icbm2009c_t2"], "heudiconv": ["heudiconv_dwi"]}
+    written = upload_bundled(object_store, bucket, datasets)
+
+    assert written["icbm152"] == ["raw/icbm152/icbm2009c_t2/mni_icbm152_t2_tal_nlin_sym_09c.nii"]
+    dicoms = scan_files(entry("heudiconv_dwi"))
+    assert written["heudiconv"] == [f"raw/heudiconv/heudiconv_dwi/{f.name}" for f in dicoms]
+    body = object_store.boto3_client().get_object(Bucket=bucket, Key=written["heudiconv"][0])["Body"].read()
+    assert body == dicoms[0].read_bytes()
