@@ -40,12 +40,14 @@ def normalise_intensity(
         raise ValueError("normalise_intensity: the foreground is empty (an all-zero volume or mask)")
     low, high = percentiles(values, clip)
     np.clip(values, low, high, out=values)
-    mean = float(values.mean(dtype=np.float64))
-    std = float(values.std(dtype=np.float64))
+    mean = float(values.sum(dtype=np.float64)) / values.size
+    values -= np.float32(mean)
+    std = float(np.sqrt(np.dot(values, values) / values.size))
     if std == 0.0:
         raise ValueError("normalise_intensity: the foreground is constant after clipping")
+    values /= np.float32(std)
     out = np.zeros(vol.shape, dtype=np.float32)
-    out[foreground] = (values - mean) / std
+    out[foreground] = values
     return vol.with_data(
         out,
         intensity={
