@@ -1,0 +1,141 @@
+"""The checkpoint layout (version 1) and how a run saves and restores it.
+
+A checkpoint is one directory:
+
+    .metadata, __<rank>_0.distcp   torch.distributed.checkpoint of {"student", "teacher", "optimizer"
+                                   [, "gram_teacher"]}, written collectively by every rank; DCP
+                                   reshards on load, so a different number of workers can read it
+    train_state.json               ``TrainState``: stage, next step, data position, MLflow run id
+    rng/rank<R>.pt                 each rank's torch/NumPy RNG state (used when the world size matches)
+
+Schedules are pure functions of the step, so the step restores them. Under Ray Train every rank writes
+its part into its own local directory and reports it with ``ray.train.report``; Ray merges them into
+one checkpoint directory in the run's storage.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+LAYOUT_VERSION = 1
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the next iteration to run (counted across stages) and the data position."""
+
+    stage: str = "stage1"
+    step: int = 0
+    data_epoch: int = 0
+    batches_in_epoch: int = 0
+    samples_seen: int = 0
+    mlflow_run_id: str = ""
+    world_size: int = 1
+    diverged: bool = False
+    version: int = LAYOUT_VERSION
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "TrainState":
+        path = Path(directory) / STATE_FILE
+        raw = json.loads(path.read_text())
+        if raw.get("version") != LAYOUT_VERSION:
+            raise ValueError(f"{path}: checkpoint layout version {raw.get('version')} is not {LAYOUT_VERSION}")
+        return cls(**raw)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def model_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """The networks a ``SelfDistillation`` checkpoint holds."""
+    parts = {"student": model.student, "teacher": model.teacher}
+    if getattr(model, "gram_teacher", None) is not None:
+        parts["gram_teacher"] = model.gram_teacher
+    return parts
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    state: TrainState) -> Path:
+    """Collective: every rank calls it with its own ``directory`` (or all with one shared directory)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    full = StateDictOptions(full_state_dict=False)
+    tree = {name: get_model_state_dict(net, options=full) for name, net in model_parts(model).items()}
+    if optimizer is not None:
+        tree["optimizer"] = get_optimizer_state_dict(model.student, optimizer, options=full)
+    dcp.save(tree, checkpoint_id=str(directory))
+    (directory / "rng").mkdir(exist_ok=True)
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+               directory / "rng" / f"rank{_rank()}.pt")
+    if _rank() == 0:
+        state.world_size = _world()
+        (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+    return directory
+
+
+def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    parts: tuple[str, ...] | None = None, restore_rng: bool = True) -> TrainState:
+    """Restore ``parts`` (default: every network the model has, plus the optimizer when given).
+
+    Works on any world size: DCP reads each rank's shards from whichever files hold them.
+    """
+    directory = Path(directory)
+    state = TrainState.read(directory)
+    networks = {name: net for name, net in model_parts(model).items() if parts is None or name in parts}
+    tree = {name: get_model_state_dict(net) for name, net in networks.items()}
+    if optimizer is not None:
+        tree["optimizer"] = get_optimizer_state_dict(model.student, optimizer)
+    dcp.load(tree, checkpoint_id=str(directory))
+    for name, net in networks.items():
+        set_model_state_dict(net, tree[name])
+    if optimizer is not None:
+        set_optimizer_state_dict(model.student, optimizer, tree["optimizer"])
+    rng_file = directory / "rng" / f"rank{_rank()}.pt"
+    if restore_rng and state.world_size == _world() and rng_file.exists():
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+    return state
+
+
+def load_backbone_weights(directory: str | Path, part: str = "teacher") -> dict[str, torch.Tensor]:
+    """Full (unsharded) backbone tensors of ``part`` from a checkpoint, without a process group.
+
+    Used by registration (the released encoder is the EMA teacher) and by the Gram teacher of stage 2.
+    """
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    prefix = f"{part}.backbone."
+    metadata = dcp.FileSystemReader(str(directory)).read_metadata()
+    tensors = {
+        key: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in metadata.state_dict_metadata.items()
+        if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
+    }
+    if not tensors:
+        raise KeyError(f"{directory}: checkpoint holds no {part!r} backbone (keys start with {prefix!r})")
+    dcp.load(tensors, checkpoint_id=str(directory), no_dist=True)
+    return {key.removeprefix(prefix): value for key, value in tensors.items()}

@@ -1,0 +1,187 @@
+"""``PretrainConfig``: the one typed tree a pretraining run is described by (``configs/pretrain/*.yaml``).
+
+Everything a worker needs travels inside this object, so ``train_loop_per_worker`` takes no other
+hidden inputs. Iteration counts are per stage; an "epoch" is ``data.iterations_per_epoch`` iterations
+and only scales the schedules' warm-ups (the run never depends on the dataset's length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from braindino.augment.config import MultiCropConfig
+from braindino.models.heads import HeadConfig
+from braindino.models.vit import ViTConfig
+from braindino.optim import OptimConfig
+from braindino.ssl.schedules import ScheduleConfig
+from braindino.ssl.self_distillation import SelfDistillationConfig
+from ingest.storage import ObjectStoreConfig
+from pipelines.tracking import TrackingConfig
+
+
+@dataclass
+class ModelConfig:
+    """Backbone size and heads; ``size`` picks a preset of ``braindino.models.vit.SIZE_PRESETS``."""
+
+    size: str = "base"
+    patch_size: int = 16
+    num_registers: int = 4
+    drop_path_rate: float = 0.1
+    layerscale_init: float = 1e-5
+    n_prototypes: int = 65536
+    ibot_prototypes: int = 65536
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_layers: int = 3
+    student_temp: float = 0.1
+    sinkhorn_iterations: int = 3
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.1
+
+    def vit(self) -> ViTConfig:
+        return ViTConfig(size=self.size, patch_size=self.patch_size, num_registers=self.num_registers,
+                         drop_path_rate=self.drop_path_rate, layerscale_init=self.layerscale_init)
+
+    def distillation(self, gram_weight: float = 0.0, gram_input_scale: float = 1.0) -> SelfDistillationConfig:
+        def head(k: int) -> HeadConfig:
+            return HeadConfig(n_prototypes=k, hidden_dim=self.head_hidden_dim,
+                              bottleneck_dim=self.head_bottleneck_dim, n_layers=self.head_layers)
+
+        return SelfDistillationConfig(
+            vit=self.vit(), dino_head=head(self.n_prototypes), ibot_head=head(self.ibot_prototypes),
+            student_temp=self.student_temp, sinkhorn_iterations=self.sinkhorn_iterations,
+            dino_weight=self.dino_weight, ibot_weight=self.ibot_weight, koleo_weight=self.koleo_weight,
+            gram_weight=gram_weight, gram_input_scale=gram_input_scale,
+        )
+
+
+@dataclass
+class MaskConfig:
+    """iBOT block masking: a ratio drawn from ``ratio`` on a ``probability`` fraction of global crops."""
+
+    ratio: tuple[float, float] = (0.1, 0.5)
+    probability: float = 0.5
+
+
+@dataclass
+class StageConfig:
+    """One training stage. Stage 2 sets ``gram_weight > 0`` and starts from the stage-1 checkpoint."""
+
+    iterations: int = 0
+    batch_size_per_worker: int = 32
+    crops: MultiCropConfig = field(default_factory=MultiCropConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    gram_weight: float = 0.0
+    gram_input_scale: float = 1.0
+
+
+def _stage2_crops() -> MultiCropConfig:
+    return MultiCropConfig(global_size=512, local_size=112)
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are (through the manifest) and where multi-crop runs.
+
+    ``augment_on``: ``worker`` runs the batched augmentation on the training device (the GPU default),
+    ``ray_data`` runs the CPU form inside the Ray Data pipeline before batches reach the workers.
+    """
+
+    manifest: str = ""
+    store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
+    augment_on: Literal["worker", "ray_data"] = "worker"
+    iterations_per_epoch: int = 1250
+    shuffle_buffer: int = 2048
+    prefetch_batches: int = 2
+    probe_slices_per_class: int = 32
+    pca_slices: int = 4
+
+
+@dataclass
+class ParallelConfig:
+    """Applied by ``pipelines.train.parallelize`` in this order: checkpointing, compile, FSDP2."""
+
+    activation_checkpointing: bool = False
+    compile: bool = False
+    mixed_precision: Literal["bf16", "fp32"] = "bf16"  # only on CUDA; CPU always runs fp32
+
+
+@dataclass
+class WorkersConfig:
+    num_workers: int = 1
+    use_gpu: bool = True
+    cpus_per_worker: float = 8.0
+
+
+@dataclass
+class CheckpointConfig:
+    """Distributed checkpoints every ``every`` iterations, kept under ``storage_path`` (a path or s3://)."""
+
+    storage_path: str = ".local/ray_results"
+    every: int = 500
+    num_to_keep: int = 2
+    max_failures: int = 3
+
+
+@dataclass
+class EvalConfig:
+    log_every: int = 10
+    every: int = 1000
+    knn_k: int = 10
+    collapse_fraction: float = 0.25  # warn when feature std < fraction * 1/sqrt(D) (the spread-out value)
+
+
+@dataclass
+class RegisterConfig:
+    enabled: bool = True
+    model_name: str = "braindino-encoder"
+    alias: str = "candidate"
+
+
+@dataclass
+class FaultConfig:
+    """Test-only: rank ``rank`` raises once at iteration ``at_step`` unless ``marker`` already exists."""
+
+    at_step: int = -1
+    rank: int = 1
+    marker: str = ""
+
+
+@dataclass
+class PretrainConfig:
+    name: str = "braindino-pretrain"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(iterations=125000))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(iterations=10000, batch_size_per_worker=16,
+                                                                    crops=_stage2_crops(), gram_weight=1.0))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedules: ScheduleConfig = field(default_factory=ScheduleConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage1.iterations <= 0:
+            raise ValueError("stage1.iterations must be positive")
+        if self.stage2.iterations > 0 and self.stage2.gram_weight <= 0:
+            raise ValueError("stage2 anchors to the stage-1 teacher: set stage2.gram_weight > 0 (or iterations: 0)")
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in ("stage1", "stage2"):
+            raise ValueError(f"unknown stage {name!r}: use stage1 or stage2")
+        return getattr(self, name)
+
+    def stages(self) -> list[str]:
+        return ["stage1"] + (["stage2"] if self.stage2.iterations > 0 else [])
+
+    def first_step(self, name: str) -> int:
+        """Iterations are counted across stages: stage 2 continues the stage-1 step counter."""
+        return 0 if name == "stage1" else self.stage1.iterations
