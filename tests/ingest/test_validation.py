@@ -1,0 +1,60 @@
+"""Validation checks on decoded scans, each with its stable reason code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import NIBABEL_DATA, file_payload
+
+from ingest.readers import RawScan, ScanRejected, read_scan
+from ingest.validation import ValidationLimits, validate
+
+
+@pytest.fixture(scope="module")
+def anatomical() -> RawScan:
+    return read_scan(file_payload(NIBABEL_DATA / "anatomical.nii"))
+
+
+def reason_for(scan: RawScan, limits: ValidationLimits = ValidationLimits()) -> str | None:
+    try:
+        validate("scan", scan, limits)
+    except ScanRejected as rejected:
+        return rejected.reason
+    return None
+
+
+def test_a_real_scan_with_agreeing_qform_and_sform_passes(anatomical):
+    assert set(anatomical.header_affines) == {"qform", "sform"}
+    assert reason_for(anatomical) is None
+
+
+def test_an_oblique_but_orthogonal_affine_passes(anatomical):
+    t = np.deg2rad(20)
+    rotation = np.array([[1, 0, 0, 0], [0, np.cos(t), -np.sin(t), 0], [0, np.sin(t), np.cos(t), 0], [0, 0, 0, 1]])
+    assert reason_for(RawScan(anatomical.data, rotation @ anatomical.affine, "nifti1")) is None
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda d, a: (d[:, :, :1], a), "not_3d"),
+        (lambda d, a: (np.where(d > d.mean(), np.inf, d), a), "non_finite"),
+        (lambda d, a: (np.zeros_like(d), a), "constant_volume"),
+        (lambda d, a: (d, a @ np.array([[1, 0.2, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])), "sheared_affine"),
+        (lambda d, a: (d, a @ np.diag([1, 1, 40, 1])), "implausible_spacing"),
+        (lambda d, a: (d, np.where(np.eye(4, dtype=bool), np.nan, a)), "bad_affine"),
+    ],
+    ids=["one_slice", "inf", "constant", "shear", "spacing", "nan_affine"],
+)
+def test_each_defect_is_rejected_with_its_code(anatomical, change, reason):
+    data, affine = change(anatomical.data, anatomical.affine)
+    assert reason_for(RawScan(data, affine, "nifti1")) == reason
+
+
+def test_qform_and_sform_must_agree_when_both_are_set(anatomical):
+    qform = anatomical.header_affines["qform"]
+    moved = qform.copy()
+    moved[:3, 3] += 2.0
+    scan = RawScan(anatomical.data, anatomical.affine, "nifti1", header_affines={"qform": qform, "sform": moved})
+    assert reason_for(scan) == "qform_sform_mismatch"
+    assert reason_for(scan, ValidationLimits(qform_sform_translation_mm=5.0)) is None
