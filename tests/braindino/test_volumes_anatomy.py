@@ -5,16 +5,15 @@ AAL labels 1-108 alternate left (odd) / right (even); 109-116 are the midline ve
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
 
+from braindino.catalogue import entry
 from braindino.volumes import canonicalise
 
-AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
-pytestmark = pytest.mark.skipif(not AAL.exists(), reason="mricron-data (Colin27 AAL atlas) is not installed")
+AAL = entry("colin27_aal")
+pytestmark = pytest.mark.skipif(not AAL.available, reason=f"Colin27 AAL atlas not installed: {AAL.install_hint}")
 
 
 LATERAL_LABELS = 108
@@ -27,7 +26,7 @@ def world_x(vol, chosen: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("flip_left_right", [False, True], ids=["as_stored", "stored_flipped"])
 def test_odd_aal_labels_lie_left_of_the_midline_after_canonicalisation(flip_left_right):
-    img = nib.load(str(AAL))
+    img = nib.load(str(AAL.path))
     data, affine = np.asarray(img.dataobj), img.affine
     if flip_left_right:  # same anatomy, array axis 0 reversed and the affine reversed with it
         nx = data.shape[0]

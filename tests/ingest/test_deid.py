@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pydicom
 import pytest
-from conftest import HEUDICONV_DATA
 
 from ingest.deid import DICOM_ALLOWED_KEYWORDS, PseudonymKeyMissing, allowed_dicom_metadata, pseudonym
 
@@ -39,8 +38,8 @@ def test_the_allow_list_holds_no_identifying_field():
     assert identifying.isdisjoint(DICOM_ALLOWED_KEYWORDS)
 
 
-def test_allowed_metadata_from_a_real_siemens_file_is_json_safe():
-    ds = pydicom.dcmread(HEUDICONV_DATA / "axasc35.dcm")
+def test_allowed_metadata_from_a_real_siemens_file_is_json_safe(real_file):
+    ds = pydicom.dcmread(real_file("heudiconv_mosaic"))
     metadata = allowed_dicom_metadata(ds)
     assert metadata["Modality"] == "MR" and isinstance(metadata["RepetitionTime"], float)
     assert set(metadata) <= set(DICOM_ALLOWED_KEYWORDS)

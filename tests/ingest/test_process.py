@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import NIBABEL_DATA, NILEARN_T1, PLANTED_IDENTIFIERS, file_payload, nifti_bytes
 
 from braindino.volumes import PreprocessSpec
 from ingest.process import ScanPayload, ScanPolicy, content_digest, process_scan
@@ -45,10 +44,11 @@ def with_dim(raw: bytes, axis: int, value: int) -> bytes:
     return bytes(patched)
 
 
-def bad_inputs(t1_small, dicom_series) -> dict[str, ScanPayload]:
+def bad_inputs(t1_small, dicom_series, make_nifti, real_file, payload_of) -> dict[str, ScanPayload]:
     data, affine = t1_small
+    nilearn_t1 = real_file("icbm2009a_t1").read_bytes()
     real = data.astype(np.float32)
-    good_nii = nifti_bytes(real, affine)
+    good_nii = make_nifti(real, affine)
     sheared = affine.copy()
     sheared[:3, 1] += 0.4 * sheared[:3, 0]
     mismatch = nib.Nifti1Image(real, affine)
@@ -62,26 +62,26 @@ def bad_inputs(t1_small, dicom_series) -> dict[str, ScanPayload]:
     first = sorted(no_pixels)[3]
     no_pixels[first] = strip_pixels(no_pixels[first])
     return {
-        "truncated_gzip": one_file("t.nii.gz", NILEARN_T1.read_bytes()[: NILEARN_T1.stat().st_size // 2]),
+        "truncated_gzip": one_file("t.nii.gz", nilearn_t1[: len(nilearn_t1) // 2]),
         "bad_magic": one_file("m.nii", good_nii[:344] + b"xx1\x00" + good_nii[348:]),
         "size_mismatch": one_file("s.nii", good_nii[:-1000]),
         "absurd_dimensions": one_file("d.nii", with_dim(good_nii, 1, 30000)),
-        "non_finite": one_file("n.nii", nifti_bytes(with_nan, affine)),
-        "constant_volume": one_file("c.nii", nifti_bytes(np.full(real.shape, 7, np.float32), affine)),
-        "sheared_affine": one_file("sh.nii", nifti_bytes(real, sheared)),
+        "non_finite": one_file("n.nii", make_nifti(with_nan, affine)),
+        "constant_volume": one_file("c.nii", make_nifti(np.full(real.shape, 7, np.float32), affine)),
+        "sheared_affine": one_file("sh.nii", make_nifti(real, sheared)),
         "qform_sform_mismatch": one_file("q.nii", mismatch.to_bytes()),
         "dicom_no_pixels": ScanPayload("nopix", no_pixels),
         "series_missing_slices": ScanPayload("gap", without_middle_slice(dicom_series)),
-        "not_3d": one_file("flat.nii", nifti_bytes(real[:, :, 40], affine)),
-        "unsupported_4d": file_payload(NIBABEL_DATA / "example4d.nii.gz"),
+        "not_3d": one_file("flat.nii", make_nifti(real[:, :, 40], affine)),
+        "unsupported_4d": payload_of(real_file("nibabel_example4d")),
         "corrupt_gzip": one_file("z.nii.gz", b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4),
         "empty_payload": ScanPayload("empty", {}),
     }
 
 
 @pytest.fixture(scope="module")
-def planted(t1_small, dicom_series):
-    return bad_inputs(t1_small, dicom_series)
+def planted(t1_small, dicom_series, make_nifti, real_file, payload_of):
+    return bad_inputs(t1_small, dicom_series, make_nifti, real_file, payload_of)
 
 
 @pytest.mark.parametrize(
@@ -100,8 +100,8 @@ def test_every_bad_input_is_quarantined_with_its_reason(planted, reason):
     assert planted[reason].key in result.detail
 
 
-def test_an_oversized_header_is_refused_before_inflating(t1_small):
-    raw = nifti_bytes(t1_small[0].astype(np.float32), t1_small[1], gz=True)
+def test_an_oversized_header_is_refused_before_inflating(t1_small, make_nifti):
+    raw = make_nifti(t1_small[0].astype(np.float32), t1_small[1], gz=True)
     result = process_scan(one_file("big.nii.gz", raw), SPEC, ScanPolicy(max_decoded_bytes=1_000_000))
     assert result.reason == "absurd_dimensions" and "max_decoded_bytes" in result.detail
 
@@ -111,19 +111,19 @@ def test_not_even_a_payload_raises():
     assert not result.ok and result.reason == "bad_payload"
 
 
-def test_the_dicom_series_becomes_slices_without_identifiers(dicom_series):
+def test_the_dicom_series_becomes_slices_without_identifiers(dicom_series, planted_identifiers):
     result = process_scan(ScanPayload("series", dicom_series), SPEC)
     assert result.ok, result.detail
     assert result.metadata["Modality"] == "MR" and result.metadata["RepetitionTime"] == 2300.0
     text = json.dumps({"metadata": result.metadata, "provenance": result.volume.provenance}, default=str)
-    for keyword, value in PLANTED_IDENTIFIERS.items():
+    for keyword, value in planted_identifiers.items():
         assert keyword not in text
         for fragment in value.replace("^", " ").split():
             assert fragment not in text, f"{keyword} leaked: {fragment}"
 
 
-def test_a_good_scan_carries_volume_slices_digest_and_provenance():
-    payload = one_file("t1.nii.gz", NILEARN_T1.read_bytes())
+def test_a_good_scan_carries_volume_slices_digest_and_provenance(real_file, payload_of):
+    payload = payload_of(real_file("icbm2009a_t1"))
     result = process_scan(payload, SPEC)
     assert result.ok and result.reason is None
     assert result.volume.spacing == pytest.approx((2.0, 2.0, 2.0))

