@@ -1,0 +1,323 @@
+"""The ingest job on Ray Data: list -> ledger -> process scans -> zarr -> shuffled shards -> manifest commit.
+
+Stages:
+1. the driver lists every dataset's source, groups scan units and keeps those the ledger says are new
+   or changed (``manifest.plan``); subject, session and scan pseudonyms are derived here;
+2. ``ScanProcessor`` (Ray Data ``map``, bounded concurrency) fetches each unit's bytes, runs
+   ``process_scan``, writes the canonical volume to zarr and returns its manifest row plus its slices;
+3. slices are exploded into rows, shuffled globally with a seed (so a shard mixes subjects and
+   datasets), cut into blocks of ``shard_size`` rows and written one tar per block by ``ShardWriter``;
+4. the manifest tables are written, then the new version is committed last.
+
+A run that dies anywhere before step 4's commit leaves only unreferenced files; the rerun redoes it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import ray
+from ray.data import ActorPoolStrategy
+
+from braindino.volumes import PreprocessSpec
+from ingest.deid import pseudonym
+from ingest.manifest import Manifest, ManifestStore, next_tables, plan, unchanged_content
+from ingest.process import ScanResult, process_scan
+from ingest.qc import montage
+from ingest.readers.scan import ScanPolicy
+from ingest.sources import ScanUnit, SourceObject, list_objects, read_payload, scan_units
+from ingest.spec import DatasetSpec
+from ingest.storage import ObjectStoreConfig
+from ingest.writers.files import write_bytes
+from ingest.writers.shards import SAMPLE_FORMAT_VERSION, sample_key, shard_name, write_shard
+from ingest.writers.zarr_store import open_root, read_axial_slice, write_volume
+
+INGEST_VERSION = 1
+QC_TILES_PER_DATASET = 24
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Where outputs go and how scans become slices."""
+
+    output: str = ".local/ingest"  # s3://bucket/prefix or a local folder: zarr/, shards/, manifest/, qc/
+    storage: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    policy: ScanPolicy = field(default_factory=ScanPolicy)
+    shard_size: int = 1000  # samples per shard
+    shuffle_seed: int = 0
+    concurrency: int = 2  # scans processed at once
+
+    def __post_init__(self) -> None:
+        if self.shard_size <= 0 or self.concurrency <= 0:
+            raise ValueError("shard_size and concurrency must be positive")
+
+
+@dataclass
+class IngestReport:
+    """What one run did; ``committed`` is False when there was nothing new (nothing was written)."""
+
+    run_id: str
+    manifest_version: int
+    committed: bool
+    scans_seen: int
+    scans_ok: int = 0
+    quarantined: list[dict[str, str]] = field(default_factory=list)  # dataset, source_key, reason, detail
+    slices: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    shards: list[str] = field(default_factory=list)
+    qc: dict[str, str] = field(default_factory=dict)  # dataset -> montage PNG path
+
+    @property
+    def scans_processed(self) -> int:
+        return self.scans_ok + len(self.quarantined)
+
+    @property
+    def scans_per_second(self) -> float:
+        return self.scans_processed / self.seconds if self.seconds else 0.0
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(q["reason"] for q in self.quarantined).items()))
+
+    def metrics(self) -> dict[str, float]:
+        return {"scans_ok": self.scans_ok, "scans_quarantined": len(self.quarantined), "slices": self.slices,
+                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written, "scans_per_s": self.scans_per_second,
+                "seconds": self.seconds}
+
+    def summary(self) -> str:
+        lines = [f"ingest run {self.run_id}: {self.scans_seen} scans listed, {self.scans_processed} new or changed"]
+        if not self.committed:
+            lines.append(f"  nothing new: manifest stays at v{self.manifest_version}, nothing written")
+            return "\n".join(lines)
+        reasons = ", ".join(f"{r}: {n}" for r, n in self.by_reason().items()) or "none"
+        lines += [
+            f"  scans ok {self.scans_ok}; quarantined {len(self.quarantined)} ({reasons})",
+            f"  slices {self.slices} in {len(self.shards)} shards; read {self.bytes_read / 2**20:.1f} MiB, "
+            f"wrote {self.bytes_written / 2**20:.1f} MiB",
+            f"  {self.seconds:.1f} s, {self.scans_per_second:.2f} scans/s; manifest v{self.manifest_version}",
+        ]
+        return "\n".join(lines)
+
+
+FaultHook = Callable[[str], None]
+
+
+def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: FaultHook | None = None) -> IngestReport:
+    """Ingest what is new or changed in ``specs`` into ``settings.output`` (Ray must be initialised).
+
+    ``fault_hook(stage)`` is called at ``"before_commit"``, after every data file is written; tests
+    raise there to simulate a job killed before its commit.
+    """
+    started = time.monotonic()
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    store = ManifestStore(settings.output, settings.storage)
+    previous = store.latest()
+    tasks, seen = plan_tasks(specs, settings.storage, previous)
+    report = IngestReport(run_id, previous.version, committed=False, scans_seen=seen)
+    if not tasks:
+        report.seconds = time.monotonic() - started
+        return report
+
+    processed = (
+        ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        .map(ScanProcessor, fn_constructor_kwargs={"settings": settings, "specs": {s.name: s for s in specs}},
+             compute=ActorPoolStrategy(size=settings.concurrency), num_cpus=1)
+        .materialize()
+    )
+    scan_rows = [json.loads(row["scan"]) for row in processed.select_columns(["scan"]).iter_rows()]
+    skip = unchanged_content(previous, scan_rows)
+    slice_rows = write_shards(processed, skip, settings, run_id) if sum(r["slices_kept"] for r in scan_rows) else []
+
+    shards_of: dict[str, set[str]] = defaultdict(set)
+    for row in slice_rows:
+        shards_of[row["volume_id"]].add(row["shard"])
+    for row in scan_rows:
+        row["shards"] = sorted(shards_of.get(row["volume_id"], ()))
+        row["run_id"] = run_id
+    scans, slices = next_tables(previous, scan_rows, [{k: r[k] for k in r if k != "bytes"} for r in slice_rows])
+    tables = store.write_tables(run_id, scans, slices)
+    if fault_hook:
+        fault_hook("before_commit")
+    licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
+    report.manifest_version = store.commit(previous, run_id, tables, licences)
+    report.committed = True
+
+    fresh = [r for r in scan_rows if r["volume_id"] not in skip]
+    report.scans_ok = sum(r["status"] == "ok" for r in fresh)
+    report.quarantined = [{k: r[k] for k in ("dataset", "source_key", "reason", "detail")} for r in fresh if r["status"] == "quarantined"]
+    report.slices = len(slice_rows)
+    report.shards = sorted({r["shard"] for r in slice_rows})
+    report.bytes_read = sum(r["size"] for r in scan_rows)
+    report.bytes_written = sum({r["shard"]: r["bytes"] for r in slice_rows}.values())
+    report.qc = write_qc(fresh, settings, run_id)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: Manifest) -> tuple[list[dict[str, Any]], int]:
+    """One Ray row per unit to process (new or changed), and how many units were listed in all."""
+    tasks, seen = [], 0
+    for spec in specs:
+        table = spec.load_sequence_table(storage)
+        units = scan_units(spec, list_objects(spec.source, storage))
+        seen += len(units)
+        namespace = spec.subject_namespace or spec.name
+        for unit in plan(units, previous):
+            try:
+                subject, session = spec.subject_of(unit.key)
+                problem = ""
+            except ValueError as err:
+                subject, session, problem = "", "", str(err)
+            tasks.append({
+                "dataset": spec.name,
+                "key": unit.key,
+                "files": json.dumps([asdict(f) for f in unit.files]),
+                "scan_id": pseudonym(f"scan:{spec.name}/{unit.key}"),
+                "subject": pseudonym(f"subject:{namespace}/{subject}") if subject else "",
+                "session": pseudonym(f"session:{namespace}/{subject}/{session}") if session else "",
+                "sequence": spec.sequence_of(unit.key, table),
+                "problem": problem,
+            })
+    return tasks, seen
+
+
+class ScanProcessor:
+    """Ray Data map: one unit row -> its manifest row (JSON) and its kept slices (float16 .npy bytes)."""
+
+    def __init__(self, settings: IngestSettings, specs: dict[str, DatasetSpec]) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.zarr = open_root(settings.output, settings.storage)
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        spec = self.specs[task["dataset"]]
+        unit = ScanUnit(spec.name, task["key"], tuple(SourceObject(**f) for f in json.loads(task["files"])))
+        if task["problem"]:
+            result = ScanResult(task["key"], "", reason="unmatched_subject", detail=task["problem"])
+        else:
+            result = process_scan(read_payload(spec.source, unit, self.settings.storage), self.settings.preprocess, self.settings.policy)
+        row = self.scan_row(task, unit, result)
+        if result.ok:
+            row["zarr_path"] = write_volume(self.zarr, spec.name, row["volume_id"], result.volume, self.zarr_attrs(row, result))
+        z = [s[0] for s in result.slices]
+        images = np.stack([s[1] for s in result.slices]) if result.slices else np.zeros((0, 0, 0))
+        return {
+            "scan": json.dumps(row),
+            "images": images.astype(np.float16).tobytes(),
+            "z": json.dumps(z),
+            "foreground": json.dumps([s[2] for s in result.slices]),
+        }
+
+    @staticmethod
+    def scan_row(task: dict[str, Any], unit: ScanUnit, result: ScanResult) -> dict[str, Any]:
+        volume = result.volume
+        return {
+            "scan_id": task["scan_id"],
+            "volume_id": f"{task['scan_id']}-{result.digest[:12]}",
+            "dataset": task["dataset"],
+            "source_key": unit.key,
+            "size": unit.size,
+            "etag": unit.etag,
+            "content_digest": result.digest,
+            "status": "ok" if result.ok else "quarantined",
+            "reason": result.reason,
+            "detail": result.detail,
+            "subject": task["subject"],
+            "session": task["session"],
+            "sequence": task["sequence"],
+            "shape": list(volume.shape) if volume else None,
+            "spacing": list(volume.spacing) if volume else None,
+            "orientation": volume.orientation if volume else None,
+            "slices_kept": len(result.slices),
+            "zarr_path": "",
+            "shards": [],
+            "run_id": "",
+            "ingest_version": INGEST_VERSION,
+        }
+
+    def zarr_attrs(self, row: dict[str, Any], result: ScanResult) -> dict[str, Any]:
+        """Attributes beside the voxels: geometry comes from ``write_volume``; all of it non-identifying."""
+        keep = ("dataset", "volume_id", "subject", "session", "sequence", "ingest_version")
+        return json.loads(json.dumps({
+            **{k: row[k] for k in keep},
+            "source_digest": result.digest,
+            "provenance": result.volume.provenance,
+            "acquisition": result.metadata,
+        }, default=str))
+
+
+def explode_slices(row: dict[str, Any], skip: set[str], slice_size: int) -> list[dict[str, Any]]:
+    """One row per kept slice of a processed scan, carrying its sample JSON (none for ``skip``ped volumes)."""
+    scan = json.loads(row["scan"])
+    if scan["status"] != "ok" or scan["volume_id"] in skip:
+        return []
+    images = np.frombuffer(row["images"], dtype=np.float16).reshape(-1, slice_size, slice_size)
+    out = []
+    for image, z, fraction in zip(images, json.loads(row["z"]), json.loads(row["foreground"])):
+        record = {"format": SAMPLE_FORMAT_VERSION, "dataset": scan["dataset"], "subject": scan["subject"],
+                  "session": scan["session"], "sequence": scan["sequence"], "volume_id": scan["volume_id"],
+                  "z": z, "foreground_fraction": fraction, "spacing": scan["spacing"]}
+        out.append({"sample_key": sample_key(scan["volume_id"], z), "image": image, "record": json.dumps(record),
+                    "volume_id": scan["volume_id"], "scan_id": scan["scan_id"], "dataset": scan["dataset"],
+                    "subject": scan["subject"], "z": z, "foreground_fraction": fraction})
+    return out
+
+
+class ShardWriter:
+    """Ray Data map_batches over blocks of ``shard_size`` shuffled slices: one tar per block.
+
+    Returns the block's ``slices`` manifest rows (plus the shard's size in ``bytes``), without pixels.
+    """
+
+    def __init__(self, settings: IngestSettings, run_id: str) -> None:
+        self.fs, self.root = settings.storage.resolve(settings.output)
+        self.folder = f"shards/{run_id}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keys = [str(k) for k in batch["sample_key"]]
+        shard = f"{self.folder}/{shard_name(keys)}"
+        samples = ((k, image, json.loads(record)) for k, image, record in zip(keys, batch["image"], batch["record"]))
+        size = write_shard(self.fs, f"{self.root}/{shard}", samples)
+        rows = {k: batch[k] for k in ("sample_key", "volume_id", "scan_id", "dataset", "subject", "z", "foreground_fraction")}
+        return {**rows, "shard": np.array([shard] * len(keys)), "bytes": np.full(len(keys), size),
+                "active": np.ones(len(keys), dtype=bool)}
+
+
+def write_shards(processed, skip: set[str], settings: IngestSettings, run_id: str) -> list[dict[str, Any]]:
+    """Shuffle every new slice globally (seeded), write shards of ``shard_size``; returns slice rows."""
+    written = (
+        processed.flat_map(explode_slices, fn_kwargs={"skip": skip, "slice_size": settings.preprocess.slice_size})
+        .random_shuffle(seed=settings.shuffle_seed)
+        .repartition(target_num_rows_per_block=settings.shard_size, strict=True)
+        .map_batches(ShardWriter, fn_constructor_kwargs={"settings": settings, "run_id": run_id},
+                     batch_size=None, compute=ActorPoolStrategy(size=settings.concurrency), num_cpus=1)
+    )
+    return [{**row, "z": int(row["z"]), "foreground_fraction": float(row["foreground_fraction"]),
+             "bytes": int(row["bytes"]), "active": bool(row["active"])} for row in written.iter_rows()]
+
+
+def write_qc(scan_rows: list[dict[str, Any]], settings: IngestSettings, run_id: str) -> dict[str, str]:
+    """A montage PNG of mid-axial slices per dataset (read one chunk each from zarr) under ``qc/<run_id>/``."""
+    root = open_root(settings.output, settings.storage, mode="r") if any(r["status"] == "ok" for r in scan_rows) else None
+    tiles: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
+    for row in scan_rows:
+        if row["status"] == "ok" and len(tiles[row["dataset"]]) < QC_TILES_PER_DATASET:
+            tiles[row["dataset"]].append((row["sequence"], read_axial_slice(root, row["zarr_path"], row["shape"][2] // 2)))
+    fs, base = settings.storage.resolve(settings.output)
+    paths = {}
+    for dataset, items in tiles.items():
+        buffer = io.BytesIO()
+        montage(items).save(buffer, format="PNG")
+        relative = f"qc/{run_id}/{dataset}.png"
+        write_bytes(fs, f"{base}/{relative}", buffer.getvalue())
+        paths[dataset] = f"{settings.output.rstrip('/')}/{relative}"
+    return paths

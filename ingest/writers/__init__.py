@@ -1,0 +1,1 @@
+"""Writers for ingest outputs: zarr volumes and WebDataset shards."""

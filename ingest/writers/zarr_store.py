@@ -1,0 +1,57 @@
+"""Canonical volumes in zarr v3: one group per dataset, one float32 array per scan, one chunk per axial slice.
+
+The store lives at ``<output root>/zarr`` (local folder or S3 through s3fs). Arrays are named by
+``volume_id`` (scan pseudonym + content digest), so rewriting the same content is idempotent and a
+changed scan never overwrites the data its superseded manifest row points to. Chunks are
+``(X, Y, 1)``: reading ``array[:, :, z]`` fetches exactly one chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+
+from braindino.volumes import CanonicalVolume
+from ingest.storage import ObjectStoreConfig
+
+ZARR_FOLDER = "zarr"
+
+
+def open_root(output: str, storage: ObjectStoreConfig, mode: str = "a") -> zarr.Group:
+    """The root group of the volume store under ``output`` (``s3://bucket/prefix`` or a local folder)."""
+    url = f"{output.rstrip('/')}/{ZARR_FOLDER}"
+    if url.startswith("s3://"):
+        options: dict[str, Any] = {"client_kwargs": {"region_name": storage.region}}
+        if storage.endpoint_url:
+            options["endpoint_url"] = storage.endpoint_url
+        if storage.access_key and storage.secret_key:
+            options.update(key=storage.access_key, secret=storage.secret_key)
+        store = zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=mode == "r")
+    else:
+        _, path = storage.resolve(url)
+        store = zarr.storage.LocalStore(path, read_only=mode == "r")
+    return zarr.open_group(store=store, mode=mode)
+
+
+def write_volume(root: zarr.Group, dataset: str, volume_id: str, volume: CanonicalVolume, attrs: dict[str, Any]) -> str:
+    """Store ``volume`` as ``<dataset>/<volume_id>`` with its geometry and ``attrs``; returns the path
+    relative to the output root (the manifest's ``zarr_path``)."""
+    group = root.require_group(dataset)
+    nx, ny, _ = volume.shape
+    array = group.create_array(volume_id, shape=volume.shape, dtype="float32", chunks=(nx, ny, 1), overwrite=True)
+    array[...] = volume.data
+    array.attrs.update({
+        **attrs,
+        "spacing": list(volume.spacing),
+        "affine": np.asarray(volume.affine, dtype=float).tolist(),
+        "orientation": volume.orientation,
+        "axial_axis": 2,
+    })
+    return f"{ZARR_FOLDER}/{dataset}/{volume_id}"
+
+
+def read_axial_slice(root: zarr.Group, zarr_path: str, z: int) -> np.ndarray:
+    """One axial slice of a stored volume (a single chunk read)."""
+    return np.asarray(root[zarr_path.removeprefix(f"{ZARR_FOLDER}/")][:, :, z])

@@ -1,0 +1,104 @@
+"""``braindino ingest``: raw scans in object storage -> zarr volumes, WebDataset shards and the manifest.
+
+Locally: ``braindino ingest --config configs/ingest.yaml --dataset configs/datasets/icbm152.yaml`` (or
+``--all`` for every spec in ``datasets_dir``). On a cluster:
+``ray job submit --working-dir . -- python pipelines/ingest.py --config configs/ingest.yaml --all``;
+with ``RAY_ADDRESS`` set the job attaches to that cluster instead of starting a local Ray.
+Each run is incremental (the manifest is the ledger) and is logged to MLflow as an ingest run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from braindino.config import flatten, to_dict
+from ingest.job import INGEST_VERSION, FaultHook, IngestReport, IngestSettings, run_ingest
+from ingest.spec import DatasetSpec, load_spec, spec_paths
+from pipelines.jobs import job_parser, load_job_config
+from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    datasets: list[str] = field(default_factory=list)  # dataset spec YAML files
+    datasets_dir: str = "configs/datasets"  # what --all ingests
+    ray_cpus: int = 2  # local Ray only; ignored when RAY_ADDRESS names a cluster
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="braindino-ingest"))
+
+
+def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestReport:
+    """Run one incremental ingest of ``config.datasets``, print its summary and log it to MLflow."""
+    if not config.datasets:
+        raise SystemExit("ingest: name at least one dataset spec (--dataset FILE or --all)")
+    specs = [load_spec(path) for path in config.datasets]
+    connect_ray(config.ray_cpus)
+    report = run_ingest(specs, config.ingest, fault_hook)
+    print(report.summary())
+    for item in report.quarantined:
+        print(f"  quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
+    log_run(config, specs, report)
+    return report
+
+
+def connect_ray(num_cpus: int) -> None:
+    """Attach to the cluster in RAY_ADDRESS (``ray job submit``), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport) -> None:
+    """Params (no credentials, no keys), metrics, summary, quarantine list and QC montages as one MLflow run."""
+    import mlflow
+
+    settings = config.ingest
+    use_experiment(config.tracking)
+    params = {
+        "datasets": ",".join(spec.name for spec in specs),
+        "output": settings.output,
+        "shard_size": settings.shard_size,
+        "shuffle_seed": settings.shuffle_seed,
+        "concurrency": settings.concurrency,
+        "ingest_version": INGEST_VERSION,
+        **flatten(to_dict(settings.preprocess), "preprocess."),
+        **flatten(to_dict(settings.policy), "policy."),
+    }
+    with mlflow.start_run(run_name=f"ingest-{report.run_id}"):
+        mlflow.set_tags({**provenance_tags(), "job": "ingest", "ingest.run_id": report.run_id,
+                         "ingest.committed": str(report.committed)})
+        mlflow.log_params(params)
+        mlflow.log_metrics(report.metrics())
+        mlflow.log_text(report.summary(), "summary.txt")
+        mlflow.log_dict({"by_reason": report.by_reason(), "quarantined": report.quarantined}, "quarantine.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            fs, _ = settings.storage.resolve(settings.output)
+            for dataset, uri in report.qc.items():
+                _, path = settings.storage.resolve(uri)
+                with fs.open_input_stream(path) as stream:
+                    (Path(tmp) / f"{dataset}.png").write_bytes(stream.read())
+            if report.qc:
+                mlflow.log_artifacts(tmp, "qc")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = job_parser("braindino ingest", __doc__.splitlines()[0])
+    parser.add_argument("--dataset", action="append", default=[], metavar="SPEC.yaml",
+                        help="a dataset spec to ingest (repeatable)")
+    parser.add_argument("--all", action="store_true", help="ingest every spec in datasets_dir")
+    args = parser.parse_args(argv)
+    config = load_job_config(IngestConfig, args)
+    chosen = [str(p) for p in spec_paths(config.datasets_dir)] if args.all else args.dataset or config.datasets
+    ingest(replace(config, datasets=chosen))
+
+
+if __name__ == "__main__":
+    main()
