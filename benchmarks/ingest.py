@@ -1,0 +1,210 @@
+"""Per-core throughput of the per-scan ingest step on the real-MRI catalogue.
+
+Three chains run on the same in-memory scan bytes (storage I/O excluded), each in its own process so
+that its peak RSS is its own, with NumPy/BLAS pinned to one thread:
+- ``floor``: only decompress and decode to a float32 array (nibabel), the least any chain must do;
+- ``braindino``: ``ingest.process.process_scan`` (bounded read, validation, RAS canonicalisation, linear
+  resampling, partition percentiles, z-score, slicing) plus encoding every slice as float16 ``.npy``,
+  as the shard writer stores it;
+- ``monai_style``: a MONAI-STYLE chain written here with plain nibabel/SciPy the obvious way (float64
+  load, ``as_closest_canonical``, ``scipy.ndimage.zoom`` order 3, full-sort percentiles, per-slice
+  ``np.pad``). It is NOT MONAI (not installed here); it stands for a typical transform chain.
+
+Two inputs: the 1 mm catalogue volumes as shipped, and the same volumes thinned to 1 x 1 x 3 mm (every
+third axial slice, stored .nii.gz) so that every scan needs resampling back to 1 mm. Usage:
+    python benchmarks/ingest.py --out ingest.json [--seconds 30] [--max-scans 300]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse
+import gzip
+import io
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+# Run as a script, this file's folder leads sys.path and its name would shadow the ``ingest`` package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from braindino.catalogue import available
+from braindino.volumes import PreprocessSpec
+from ingest.process import ScanPayload, process_scan
+
+CHAINS = ("floor", "braindino", "monai_style")
+INPUTS = ("iso_1mm", "aniso_1x1x3mm")
+SPEC = PreprocessSpec()
+
+
+def catalogue_payloads(inputs: str) -> list[ScanPayload]:
+    """The catalogue's 1 mm head/brain images as payloads; for ``aniso_1x1x3mm``, thinned along z first."""
+    payloads = []
+    for item in available("image"):
+        if item.subject not in ("icbm152", "colin27"):
+            continue
+        raw = item.path.read_bytes()
+        if inputs == "aniso_1x1x3mm":
+            img = nib.load(str(item.path))
+            data = np.asarray(img.dataobj)[:, :, ::3]
+            thick = nib.Nifti1Image(data, img.affine @ np.diag([1.0, 1.0, 3.0, 1.0]), img.header)
+            payloads.append(ScanPayload(f"{item.name}_1x1x3.nii.gz", {"scan.nii.gz": gzip.compress(thick.to_bytes(), 6)}))
+        else:
+            payloads.append(ScanPayload(item.name, {item.path.name: raw}))
+    return payloads
+
+
+def encode_float16_npy(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, image.astype(np.float16), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def run_floor(payload: ScanPayload) -> int:
+    (name, raw), = payload.files.items()
+    raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    np.asarray(nib.Nifti1Image.from_bytes(raw).dataobj, dtype=np.float32)
+    return 0
+
+
+def run_braindino(payload: ScanPayload) -> int:
+    result = process_scan(payload, SPEC)
+    if not result.ok:
+        raise RuntimeError(f"{payload.key} quarantined: {result.reason}: {result.detail}")
+    for _, image, _ in result.slices:
+        encode_float16_npy(image)
+    return len(result.slices)
+
+
+def run_monai_style(payload: ScanPayload) -> int:
+    """Load float64, reorient, zoom (cubic), full-sort percentiles, z-score, pad/crop every slice."""
+    (name, raw), = payload.files.items()
+    raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    img = nib.as_closest_canonical(nib.Nifti1Image.from_bytes(raw))
+    data = img.get_fdata()
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    if not np.allclose(zooms, SPEC.spacing):
+        data = ndimage.zoom(data, zooms / np.asarray(SPEC.spacing), order=3)
+    foreground = data != 0
+    ordered = np.sort(data[foreground])
+    low, high = (ordered[int(round(p / 100 * (ordered.size - 1)))] for p in SPEC.clip_percentiles)
+    clipped = np.clip(data, low, high)
+    values = clipped[foreground]
+    data = np.where(foreground, (clipped - values.mean()) / values.std(), 0.0).astype(np.float32)
+    count = 0
+    for z in range(data.shape[2]):
+        image = data[:, :, z]
+        fraction = np.count_nonzero(image) / image.size
+        if fraction < SPEC.min_foreground:
+            continue
+        pads = [((SPEC.slice_size - n) // 2, SPEC.slice_size - n - (SPEC.slice_size - n) // 2) for n in image.shape]
+        padded = np.pad(image, [(max(a, 0), max(b, 0)) for a, b in pads])
+        starts = [(n - SPEC.slice_size) // 2 for n in padded.shape]
+        encode_float16_npy(padded[starts[0] : starts[0] + SPEC.slice_size, starts[1] : starts[1] + SPEC.slice_size])
+        count += 1
+    return count
+
+
+RUNNERS = {"floor": run_floor, "braindino": run_braindino, "monai_style": run_monai_style}
+
+
+def worker(chain: str, inputs: str, seconds: float, max_scans: int) -> dict:
+    """Cycle the catalogue through one chain until the time or scan budget is spent (runs in a child)."""
+    payloads = catalogue_payloads(inputs)
+    loaded_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports + catalogue bytes
+    run = RUNNERS[chain]
+    run(payloads[0])  # warm-up: imports and first-touch allocations
+    scans = slices = 0
+    start = time.perf_counter()
+    while scans < max_scans and time.perf_counter() - start < seconds:
+        slices += run(payloads[scans % len(payloads)])
+        scans += 1
+    elapsed = time.perf_counter() - start
+    return {
+        "chain": chain,
+        "inputs": inputs,
+        "catalogue_scans": len(payloads),
+        "scans": scans,
+        "slices": slices,
+        "seconds": round(elapsed, 2),
+        "scans_per_s_per_core": round(scans / elapsed, 3),
+        "slices_per_s_per_core": round(slices / elapsed, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_after_loading_catalogue_mb": round(loaded_rss_mb, 1),
+    }
+
+
+def slice_encodings() -> dict:
+    """Bytes and encode time per 256 x 256 slice for the candidate shard encodings (one real T1 scan)."""
+    payload = catalogue_payloads("iso_1mm")[0]
+    slices = [image for _, image, _ in process_scan(payload, SPEC).slices]
+    encoders = {
+        "float32_npy": lambda s: _npy(s),
+        "float16_npy": encode_float16_npy,
+        "float16_npy_zlib1": lambda s: zlib.compress(encode_float16_npy(s), 1),
+        "float16_npy_zlib6": lambda s: zlib.compress(encode_float16_npy(s), 6),
+    }
+    report = {"scan": payload.key, "slices": len(slices)}
+    for name, encode in encoders.items():
+        start = time.perf_counter()
+        sizes = [len(encode(s)) for s in slices]
+        report[name] = {
+            "bytes_per_slice": int(np.mean(sizes)),
+            "encode_ms_per_slice": round(1000 * (time.perf_counter() - start) / len(slices), 3),
+        }
+    report["zstd"] = "not measured: no zstd module in this environment"
+    return report
+
+
+def _npy(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, image, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=False)
+    parser.add_argument("--seconds", type=float, default=30.0, help="time budget per chain and input")
+    parser.add_argument("--max-scans", type=int, default=300)
+    parser.add_argument("--worker", nargs=2, metavar=("CHAIN", "INPUTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.seconds, args.max_scans)))
+        return
+    runs = []
+    for inputs in INPUTS:
+        for chain in CHAINS:
+            command = [sys.executable, __file__, "--worker", chain, inputs, "--seconds", str(args.seconds),
+                       "--max-scans", str(args.max_scans)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            runs.append(json.loads(output.strip().splitlines()[-1]))
+            print(json.dumps(runs[-1]), flush=True)
+    report = {
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "numpy": np.__version__},
+        "spec": json.loads(SPEC.to_json()),
+        "runs": runs,
+        "slice_encodings": slice_encodings(),
+    }
+    print(json.dumps(report["slice_encodings"], indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
