@@ -1,0 +1,105 @@
+"""The manifest is the ledger: what is new or changed, what supersedes what, and commit-last visibility."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from ingest.manifest import SCANS_SCHEMA, SLICES_SCHEMA, Manifest, ManifestStore, next_tables, plan, unchanged_content
+from ingest.sources import ScanUnit, SourceObject
+from ingest.storage import ObjectStoreConfig
+
+
+def unit(key: str, etag: str, size: int = 10) -> ScanUnit:
+    return ScanUnit("ds", key, (SourceObject(key, size, etag),))
+
+
+def scan_row(key: str, etag: str, digest: str, status: str = "ok", size: int = 10, slices: int = 2) -> dict:
+    volume_id = f"id-{key}-{digest}"
+    return {"scan_id": f"id-{key}", "volume_id": volume_id, "dataset": "ds", "source_key": key, "size": size,
+            "etag": etag, "content_digest": digest, "status": status, "reason": None if status == "ok" else "not_3d",
+            "detail": None, "subject": "s", "session": "", "sequence": "T1w", "shape": [4, 4, slices],
+            "spacing": [1.0, 1.0, 1.0], "orientation": "RAS", "slices_kept": slices if status == "ok" else 0,
+            "zarr_path": f"zarr/ds/{volume_id}", "shards": ["shards/r/a.tar"], "run_id": "r", "ingest_version": 1}
+
+
+def slice_rows(row: dict) -> list[dict]:
+    return [{"shard": "shards/r/a.tar", "sample_key": f"{row['volume_id']}_z{z:03d}", "volume_id": row["volume_id"],
+             "scan_id": row["scan_id"], "dataset": "ds", "subject": "s", "z": z, "foreground_fraction": 0.5,
+             "active": True} for z in range(row["slices_kept"])]
+
+
+def manifest_of(rows: list[dict]) -> Manifest:
+    slices = [s for r in rows for s in slice_rows(r)]
+    return Manifest(1, "r", pa.Table.from_pylist(rows, schema=SCANS_SCHEMA),
+                    pa.Table.from_pylist(slices, schema=SLICES_SCHEMA), {})
+
+
+def test_only_new_or_changed_units_are_planned():
+    manifest = manifest_of([scan_row("a.nii", "e1", "d1"), scan_row("bad.nii", "e9", "d9", status="quarantined")])
+    units = [unit("a.nii", "e1"), unit("bad.nii", "e9"), unit("b.nii", "e2"), unit("a.nii", "e1", size=11)]
+    assert [(u.key, u.size) for u in plan(units, manifest)] == [("b.nii", 10), ("a.nii", 11)]
+    assert plan([unit("a.nii", "e1-reuploaded")], manifest) == [unit("a.nii", "e1-reuploaded")]
+
+
+def test_a_changed_object_supersedes_its_old_row_and_slices():
+    old = scan_row("a.nii", "e1", "d1")
+    manifest = manifest_of([old, scan_row("c.nii", "e3", "d3")])
+    new = scan_row("a.nii", "e2", "d2", slices=3)
+    scans, slices = next_tables(manifest, [new], slice_rows(new))
+
+    rows = {(r["source_key"], r["content_digest"]): r for r in scans.to_pylist()}
+    assert rows[("a.nii", "d1")]["status"] == "superseded"
+    assert rows[("a.nii", "d2")]["status"] == "ok" and rows[("c.nii", "d3")]["status"] == "ok"
+    active = slices.filter(slices["active"]).to_pylist()
+    assert sorted(s["volume_id"] for s in active) == [new["volume_id"]] * 3 + [f"id-c.nii-d3"] * 2
+    assert slices.num_rows == 2 + 2 + 3  # history is kept, inactive
+
+
+def test_the_same_content_under_a_new_etag_only_updates_the_ledger():
+    manifest = manifest_of([scan_row("a.nii", "e1", "d1")])
+    again = scan_row("a.nii", "e1-multipart", "d1")
+    assert unchanged_content(manifest, [again]) == {again["volume_id"]}
+    scans, slices = next_tables(manifest, [again], slice_rows(again))
+    assert scans.select(["etag", "status"]).to_pylist() == [{"etag": "e1-multipart", "status": "ok"}]
+    assert slices.num_rows == 2
+
+
+def test_a_quarantined_key_that_is_fixed_supersedes_its_quarantine_row():
+    manifest = manifest_of([scan_row("a.nii", "e1", "d1", status="quarantined")])
+    fixed = scan_row("a.nii", "e2", "d2")
+    scans, _ = next_tables(manifest, [fixed], slice_rows(fixed))
+    assert [r["status"] for r in scans.to_pylist()] == ["superseded", "ok"]
+    assert Manifest(2, "r2", scans, manifest.slices, {}).current_scans()[0]["content_digest"] == "d2"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_tables_stay_invisible_until_the_version_file_is_committed(where, tmp_path, object_store, bucket):
+    root, storage = (str(tmp_path / "out"), ObjectStoreConfig()) if where == "local" else (f"s3://{bucket}/out", object_store)
+    store = ManifestStore(root, storage)
+    assert store.latest().version == 0
+
+    first = manifest_of([scan_row("a.nii", "e1", "d1")])
+    tables = store.write_tables("run-1", first.scans, first.slices)
+    assert store.latest().version == 0 and store.versions() == []  # written, not committed: invisible
+
+    assert store.commit(Manifest.empty(), "run-1", tables, {"ds": {"licence": "CC0", "citation": "x"}}) == 1
+    latest = store.latest()
+    assert (latest.version, latest.run_id, latest.scans.num_rows, latest.slices.num_rows) == (1, "run-1", 1, 2)
+    assert latest.datasets == {"ds": {"licence": "CC0", "citation": "x"}}
+    assert latest.scans.schema.metadata[b"braindino.manifest.schema_version"] == b"1"
+
+    stale = store.write_tables("run-2", first.scans, first.slices)
+    with pytest.raises(RuntimeError, match="another ingest wrote to this output root"):
+        store.commit(Manifest.empty(), "run-2", stale, {})
+    assert store.versions() == [1]
+
+
+def test_a_manifest_from_another_schema_version_is_refused_by_name(tmp_path):
+    store = ManifestStore(str(tmp_path), ObjectStoreConfig())
+    (tmp_path / "manifest").mkdir()
+    (tmp_path / "manifest" / "v000001.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(ValueError, match=r"v000001.json has manifest schema 99"):
+        store.latest()

@@ -1,0 +1,46 @@
+"""zarr volumes: one group per dataset, one array per scan, one chunk per axial slice, geometry in attrs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from braindino.volumes import PreprocessSpec
+from ingest.process import process_scan
+from ingest.storage import ObjectStoreConfig
+from ingest.writers.zarr_store import open_root, read_axial_slice, write_volume
+
+SPEC = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
+
+
+@pytest.fixture(scope="module")
+def t2_volume(real_file, payload_of):
+    result = process_scan(payload_of(real_file("icbm2009c_t2")), SPEC)
+    assert result.ok, result.detail
+    return result.volume
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_slice_reads_back_exactly_from_its_own_chunk(where, t2_volume, tmp_path, object_store, bucket):
+    output, storage = (str(tmp_path), ObjectStoreConfig()) if where == "local" else (f"s3://{bucket}/out", object_store)
+    path = write_volume(open_root(output, storage), "icbm152", "abc-123", t2_volume, {"sequence": "T2w", "subject": "p1"})
+    assert path == "zarr/icbm152/abc-123"
+
+    root = open_root(output, storage, mode="r")
+    array = root["icbm152/abc-123"]
+    nx, ny, nz = t2_volume.shape
+    assert array.shape == t2_volume.shape and array.chunks == (nx, ny, 1) and array.dtype == np.float32
+    z = nz // 2
+    np.testing.assert_array_equal(read_axial_slice(root, path, z), t2_volume.data[:, :, z])
+
+    attrs = dict(array.attrs)
+    assert attrs["sequence"] == "T2w" and attrs["orientation"] == "RAS" and attrs["axial_axis"] == 2
+    np.testing.assert_allclose(attrs["affine"], t2_volume.affine)
+    assert attrs["spacing"] == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_only_the_requested_chunk_is_fetched(t2_volume, tmp_path):
+    output = str(tmp_path)
+    write_volume(open_root(output, ObjectStoreConfig()), "icbm152", "v", t2_volume, {})
+    chunks = sorted(p.name for p in (tmp_path / "zarr" / "icbm152" / "v" / "c" / "0" / "0").iterdir())
+    assert len(chunks) == t2_volume.shape[2]  # one stored object per axial slice
