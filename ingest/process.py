@@ -17,6 +17,8 @@ from ingest.validation import ValidationLimits, validate
 
 __all__ = ["ScanPayload", "ScanPolicy", "ScanResult", "content_digest", "process_scan"]
 
+PROVENANCE_KEYS = ("four_d_policy", "volumes_in_scan", "dicom_layout")  # reader choices copied into provenance
+
 
 @dataclass(frozen=True)
 class ScanResult:
@@ -72,9 +74,6 @@ def process_scan(
             detail=f"{payload.key} has no axial slice with at least {spec.min_foreground:.0%} foreground after preprocessing",
         )
     return ScanResult(payload.key, digest, volume=volume, slices=slices, metadata=scan.metadata)
-
-
-PROVENANCE_KEYS = ("four_d_policy", "volumes_in_scan", "dicom_layout")
 
 
 def payload_key(payload: Any) -> str:

@@ -58,12 +58,21 @@ def read_dicom(key: str, files: dict[str, bytes], policy: ScanPolicy) -> RawScan
     return RawScan(data, affine, "dicom", metadata)
 
 
+NO_PREAMBLE_STARTS = (b"\x02\x00", b"\x08\x00")  # file meta or identifying group tag, little endian
+
+
 def parse_datasets(files: dict[str, bytes]) -> tuple[list[tuple[str, pydicom.Dataset]], int]:
-    """Parse every DICOM file; return ``(name, dataset)`` pairs and the number of non-DICOM files skipped."""
+    """Parse every DICOM file; return ``(name, dataset)`` pairs and the number of non-DICOM files skipped.
+
+    Files without the 128-byte preamble and ``DICM`` marker are accepted when they start with a group
+    0002 or 0008 tag, as older exporters write them.
+    """
     parsed, skipped = [], 0
     for name in sorted(files):
+        raw = files[name]
+        force = raw[128:132] != b"DICM" and raw[:2] in NO_PREAMBLE_STARTS
         try:
-            parsed.append((name, pydicom.dcmread(io.BytesIO(files[name]))))
+            parsed.append((name, pydicom.dcmread(io.BytesIO(raw), force=force)))
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError):
             skipped += 1
     return parsed, skipped

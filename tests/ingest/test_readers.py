@@ -9,6 +9,7 @@ import zipfile
 import nibabel as nib
 import nrrd
 import numpy as np
+import pydicom
 import pytest
 
 from ingest.readers import ScanPayload, ScanPolicy, ScanRejected, read_scan, sniff_format
@@ -39,6 +40,30 @@ def test_a_zipped_series_reads_like_the_folder(dicom_series):
     folder = read_scan(ScanPayload("series", dicom_series))
     np.testing.assert_array_equal(zipped.data, folder.data)
     assert zipped.metadata["dicom_files_ignored"] == 1
+
+
+def test_files_without_the_dicom_preamble_still_read(dicom_series):
+    bare = {name: raw[132:] for name, raw in dicom_series.items()}
+    np.testing.assert_array_equal(read_scan(ScanPayload("bare", bare)).data, read_scan(ScanPayload("s", dicom_series)).data)
+
+
+def test_enhanced_multi_frame_files_are_refused_with_advice(dicom_series):
+    name, raw = next(iter(dicom_series.items()))
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    with pytest.raises(ScanRejected) as rejected:
+        read_scan(ScanPayload("enhanced", {name: out.getvalue()}))
+    assert rejected.value.reason == "enhanced_multiframe" and "dcm2niix" in rejected.value.detail
+
+
+def test_a_folder_without_dicom_is_refused():
+    with pytest.raises(ScanRejected) as rejected:
+        read_scan(ScanPayload("junk", {"a.txt": b"hello", "b.bin": bytes(300)}))
+    assert rejected.value.reason == "bad_magic"
 
 
 def test_the_largest_series_wins_and_a_tie_is_refused(t1_small, dicom_series, make_dicom_series):
