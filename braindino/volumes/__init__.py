@@ -3,7 +3,7 @@
 from braindino.volumes.canonical import CanonicalVolume, canonicalise, voxel_spacing
 from braindino.volumes.intensity import normalise_intensity, percentiles
 from braindino.volumes.resample import resample
-from braindino.volumes.slicing import axial_slices, centre_pad_crop, non_empty_range
+from braindino.volumes.slicing import axial_slices, centre_pad_crop, evenly_spaced, non_empty_range
 from braindino.volumes.spec import PreprocessSpec, Slice, preprocess
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "axial_slices",
     "canonicalise",
     "centre_pad_crop",
+    "evenly_spaced",
     "non_empty_range",
     "normalise_intensity",
     "percentiles",

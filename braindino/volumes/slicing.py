@@ -51,3 +51,11 @@ def axial_slices(
     for offset, fraction in enumerate(fractions):
         if fraction >= min_foreground:
             yield first + offset, centre_pad_crop(block[:, :, offset], size), float(fraction)
+
+
+def evenly_spaced(slices: list[tuple[int, np.ndarray, float]], count: int) -> list[tuple[int, np.ndarray, float]]:
+    """At most ``count`` slices spread evenly over ``slices`` (first and last kept): the evaluation sampling."""
+    if len(slices) <= count:
+        return list(slices)
+    picks = np.round(np.linspace(0, len(slices) - 1, count)).astype(int)
+    return [slices[i] for i in picks]

@@ -12,6 +12,7 @@ from braindino.volumes import (
     PreprocessSpec,
     axial_slices,
     canonicalise,
+    evenly_spaced,
     non_empty_range,
     normalise_intensity,
     percentiles,
@@ -144,6 +145,15 @@ def test_slices_cover_the_non_empty_range_and_are_square(t1_brain):
     kept = list(axial_slices(vol, size=64, min_foreground=0.05))
     assert 0 < len(kept) < len(every)
     assert all(fraction >= 0.05 for _, _, fraction in kept)
+
+
+def test_evaluation_sampling_spreads_slices_over_the_range(t1_brain):
+    vol = normalise_intensity(canonicalise(*t1_brain))
+    kept = list(axial_slices(vol, size=32, min_foreground=0.05))
+    picked = [z for z, _, _ in evenly_spaced(kept, 10)]
+    assert len(picked) == 10 and picked[0] == kept[0][0] and picked[-1] == kept[-1][0]
+    assert picked == sorted(set(picked))
+    assert evenly_spaced(kept, 10_000) == kept
 
 
 def test_a_slice_is_centred_in_the_canvas(t1_brain):
