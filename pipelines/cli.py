@@ -8,6 +8,8 @@ import sys
 
 # name -> (module with main(argv), one-line summary). Modules load only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("pipelines.pretrain", "two-stage self-distillation on Ray Train (FSDP2), tracked in MLflow"),
+    "register": ("pipelines.register", "export the EMA teacher to the MLflow registry; 'register promote' sets champion"),
     "demo": ("pipelines.demo", "run the whole platform end to end on local services and bundled real MRI"),
 }
 

@@ -1,0 +1,168 @@
+"""``braindino pretrain``: two-stage BrainDINO self-distillation on Ray Train, tracked in MLflow.
+
+    braindino pretrain --config configs/pretrain/tiny-cpu.yaml [--set stage1.iterations=40]
+    ray job submit --address http://HEAD:8265 --working-dir . -- python pipelines/pretrain.py --config ...
+
+Build the data (manifest -> Ray Data stream), build one ``TorchTrainer`` per stage, fit. Stage 2 starts
+from stage 1's last checkpoint (recorded on the MLflow run); each stage resumes on its own when rerun
+with the same ``name``. The EMA teacher is then registered as ``braindino-encoder`` (``register.enabled``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python pipelines/pretrain.py` (ray job submit): import from the repo
+    # root, never from pipelines/ (where pipelines/ingest.py would shadow the ingest package)
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_here)]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from braindino.config import flatten, to_dict  # noqa: E402
+from pipelines.jobs import job_parser, load_job_config  # noqa: E402
+from pipelines.tracking import provenance_tags, use_experiment  # noqa: E402
+from pipelines.train.config import PretrainConfig  # noqa: E402
+from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index  # noqa: E402
+from pipelines.train.loop import StagePlan, TrainingDiverged, train_stage  # noqa: E402
+
+log = logging.getLogger("braindino.pretrain")
+
+
+@dataclass
+class PretrainResult:
+    run_id: str
+    checkpoints: dict[str, str]  # stage -> checkpoint path in the run storage
+    final_step: int
+    model_version: str | None = None
+
+
+def connect_ray() -> None:
+    """Attach to the cluster under ``ray job submit`` (RAY_ADDRESS set: no resource arguments, F6), else start one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
+
+
+def _storage(config: PretrainConfig) -> tuple[str, object | None]:
+    path = config.checkpoint.storage_path
+    if path.startswith("s3://"):
+        fs, key = config.data.store.resolve(path)
+        return key, fs
+    return str(Path(path).resolve()), None
+
+
+def fit_stage(config: PretrainConfig, stage: str, index: ShardIndex, plan: StagePlan):
+    """One ``TorchTrainer.fit`` for ``stage``; the run name makes it resumable."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    workers = config.workers
+    resources = {"CPU": workers.cpus_per_worker, **({"GPU": 1} if workers.use_gpu else {})}
+    storage_path, storage_fs = _storage(config)
+    trainer = TorchTrainer(
+        lambda loop_config: train_stage(loop_config["plan"]),
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"{config.name}-{stage}", storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=config.checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.num_to_keep),
+        ),
+        datasets={"train": build_dataset(index, config, config.stage(stage))},
+    )
+    return trainer.fit()
+
+
+def _start_tracking(config: PretrainConfig, index: ShardIndex) -> tuple[str, str]:
+    """Open (or reopen, for a rerun of the same ``name``) the MLflow run; returns (tracking URI, run id)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = use_experiment(config.tracking)
+    uri = config.tracking.resolved_uri()
+    client = MlflowClient(uri)
+    previous = client.search_runs([experiment_id], f"tags.`braindino.run_name` = '{config.name}' "
+                                  "and tags.`braindino.status` != 'finished'", max_results=1)
+    if previous:
+        run_id = previous[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return uri, run_id
+    run = client.create_run(experiment_id, run_name=config.name,
+                            tags={"braindino.run_name": config.name, "braindino.status": "running",
+                                  "braindino.job": "pretrain", **provenance_tags(),
+                                  "data.manifest": index.root, "data.manifest_version": str(index.version),
+                                  "data.manifest_digest": index.digest, "data.summary": describe(index)})
+    params = {k: str(v)[:500] for k, v in flatten(to_dict(config)).items()}
+    keys = sorted(params)
+    for start in range(0, len(keys), 100):
+        mlflow.tracking.MlflowClient(uri).log_batch(
+            run.info.run_id, params=[mlflow.entities.Param(k, params[k]) for k in keys[start:start + 100]])
+    return uri, run.info.run_id
+
+
+def run(config: PretrainConfig) -> PretrainResult:
+    from mlflow.tracking import MlflowClient
+
+    logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
+    connect_ray()
+    index = shard_index(config.data.manifest, config.data.store)
+    log.info("data: %s", describe(index))
+    probe = probe_set(index, config.data.store, config.data.probe_slices_per_class)
+    uri, run_id = _start_tracking(config, index)
+    client = MlflowClient(uri)
+    print(f"[pretrain] MLflow run {run_id} in experiment {config.tracking.experiment!r} at {uri}", flush=True)
+    checkpoints: dict[str, object] = {}
+    final_step = 0
+    for stage in config.stages():
+        plan = StagePlan(config, stage, run_id, uri, probe, init_from=checkpoints.get("stage1"))
+        result = fit_stage(config, stage, index, plan)
+        if result.checkpoint is None:
+            client.set_terminated(run_id, "FAILED")
+            raise RuntimeError(f"{stage} produced no checkpoint: {result.error!r}")
+        checkpoints[stage] = result.checkpoint
+        client.set_tag(run_id, f"checkpoint.{stage}", result.checkpoint.path)
+        metrics = result.metrics or {}
+        final_step = int(metrics.get("step", 0))
+        print(f"[pretrain] {stage} done at step {final_step}: checkpoint {result.checkpoint.path}", flush=True)
+        if metrics.get("diverged"):
+            client.set_tag(run_id, "braindino.status", "diverged")
+            client.set_terminated(run_id, "FAILED")
+            raise TrainingDiverged(f"{stage} stopped on a NaN/Inf loss at step {final_step}; its last good state is "
+                                   f"{result.checkpoint.path}. See the run's braindino.diverged_message tag.")
+    paths = {stage: ckpt.path for stage, ckpt in checkpoints.items()}
+    outcome = PretrainResult(run_id, paths, final_step)
+    if config.register.enabled:
+        from pipelines.register import register_run
+
+        last = checkpoints[config.stages()[-1]]
+        with last.as_directory() as directory:
+            version = register_run(config, Path(directory), run_id, uri, index)
+        outcome.model_version = version
+        print(f"[pretrain] registered {config.register.model_name} version {version} "
+              f"as @{config.register.alias}", flush=True)
+    client.set_tag(run_id, "braindino.status", "finished")
+    client.set_terminated(run_id, "FINISHED")
+    return outcome
+
+
+def main(argv=None) -> None:
+    args = job_parser("braindino pretrain", __doc__).parse_args(argv)
+    config = load_job_config(PretrainConfig, args)
+    try:
+        run(config)
+    except TrainingDiverged as err:
+        sys.exit(f"pretrain stopped: {err}")
+
+
+if __name__ == "__main__":
+    main()
