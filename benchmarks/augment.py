@@ -7,7 +7,8 @@ Compares, in one run and on the same slices:
 - ``cpu``: ``braindino.augment.MultiCropAugment`` (per sample, NumPy);
 - ``batched``: ``braindino.augment.BatchedMultiCrop`` on CPU tensors, and on CUDA when present.
 
-Per-core numbers pin NumPy/BLAS/torch to one thread. Usage:
+Per-core numbers pin NumPy/BLAS/torch to one thread; pipelines are measured in interleaved rounds and
+each reports its best round, so a busy shared machine slows all of them alike. Usage:
     python benchmarks/augment.py --out augment.json [--seconds 3]
 """
 
@@ -25,6 +26,7 @@ import math
 import platform
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -117,30 +119,44 @@ class ReferenceMultiCrop:
         return best
 
 
-def samples_per_second(augment, slices, seconds: float) -> float:
-    """Slices augmented per second, repeating ``augment`` over ``slices`` for at least ``seconds``."""
-    augment(slices[0])
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+def interleaved_rates(pipelines: dict[str, Callable[[], int]], seconds: float) -> dict[str, float]:
+    """Slices per second of each pipeline: rounds run every pipeline once in turn (each call returns the
+    slices it augmented) until ``seconds`` per pipeline have passed; a pipeline's rate is its best round,
+    the one least disturbed by other work on a shared machine."""
+    best = {name: 0.0 for name in pipelines}
+    spent = {name: 0.0 for name in pipelines}
+    for run in pipelines.values():
+        run()  # warm-up
+    while min(spent.values()) < seconds:
+        for name, run in pipelines.items():
+            start = time.perf_counter()
+            done = run()
+            elapsed = time.perf_counter() - start
+            spent[name] += elapsed
+            best[name] = max(best[name], done / elapsed)
+    return best
+
+
+def per_sample_pass(augment: Callable[[np.ndarray], dict], slices: np.ndarray) -> Callable[[], int]:
+    """One pass of a per-sample pipeline over ``slices``."""
+    def run() -> int:
         for item in slices:
             augment(item)
-        done += len(slices)
-    return done / (time.perf_counter() - start)
+        return len(slices)
+    return run
 
 
-def batched_samples_per_second(augment: BatchedMultiCrop, slices: torch.Tensor, batch: int, seconds: float) -> float:
-    """Slices per second of the batched form over batches of ``batch`` slices on ``slices.device``."""
-    sync = torch.cuda.synchronize if slices.is_cuda else (lambda: None)
+def batched_pass(augment: BatchedMultiCrop, slices: torch.Tensor, batch: int) -> Callable[[], int]:
+    """One pass of the batched form over ``slices`` in batches of ``batch`` on ``slices.device``."""
     batches = [slices[i:i + batch] for i in range(0, len(slices) - batch + 1, batch)]
-    augment(batches[0])
-    sync()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+
+    def run() -> int:
         for item in batches:
             augment(item)
-            done += len(item)
-    sync()
-    return done / (time.perf_counter() - start)
+        if slices.is_cuda:
+            torch.cuda.synchronize()
+        return batch * len(batches)
+    return run
 
 
 def main() -> None:
@@ -152,21 +168,21 @@ def main() -> None:
     torch.set_num_threads(1)
     config = MultiCropConfig()
     slices = load_icbm152_slices()
-    rows = [
-        ("reference (PIL + NumPy, per crop)", "cpu, 1 thread",
-         samples_per_second(ReferenceMultiCrop(config), slices, args.seconds)),
-        ("MultiCropAugment (NumPy, per sample)", "cpu, 1 thread",
-         samples_per_second(MultiCropAugment(config, seed=0), slices, args.seconds)),
-    ]
     tensors = torch.from_numpy(slices).unsqueeze(1).repeat(math.ceil(4 * args.batch / len(slices)), 1, 1, 1)
     batched = BatchedMultiCrop(config)
-    rows.append((f"BatchedMultiCrop (torch, batch {args.batch})", "cpu, 1 thread",
-                 batched_samples_per_second(batched, tensors, args.batch, args.seconds)))
+    single_thread = "cpu, 1 thread"
+    pipelines = {
+        ("reference (PIL + NumPy, per crop)", single_thread): per_sample_pass(ReferenceMultiCrop(config), slices),
+        ("MultiCropAugment (NumPy, per sample)", single_thread): per_sample_pass(MultiCropAugment(config, 0), slices),
+        (f"BatchedMultiCrop (torch, batch {args.batch})", single_thread): batched_pass(batched, tensors, args.batch),
+    }
     if torch.cuda.is_available():
-        gpu_slices = tensors.repeat(8, 1, 1, 1).cuda()  # enough for a few batches of 256
-        for batch in (args.batch, 256):
-            rows.append((f"BatchedMultiCrop (torch, batch {batch})", torch.cuda.get_device_name(),
-                         batched_samples_per_second(batched, gpu_slices, batch, args.seconds)))
+        gpu_slices = tensors.repeat(math.ceil(4 * 512 / len(tensors)), 1, 1, 1).cuda()
+        for batch in (args.batch, 128, 512):
+            pipelines[(f"BatchedMultiCrop (torch, batch {batch})", torch.cuda.get_device_name())] = batched_pass(
+                batched, gpu_slices, batch)
+    rates = interleaved_rates(pipelines, args.seconds)
+    rows = [(name, device, rate) for (name, device), rate in rates.items()]
     reference_rate = rows[0][2]
     print(f"slices: {len(slices)} ICBM152 axial {slices.shape[1]}x{slices.shape[2]}; "
           f"views per slice: {config.n_global}x{config.global_size} + {config.n_local}x{config.local_size}")
