@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from ingest.readers.decoding import check_dimensions
 from ingest.readers.scan import ScanPolicy, ScanRejected, choose_volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -40,7 +41,9 @@ def stack_slices(
     lps[:3, 1] = col_dir * pixel_spacing[0]
     lps[:3, 2] = (positions[-1] - positions[0]) / (len(ordered) - 1)
     lps[:3, 3] = positions[0]
-    volume = np.empty((int(first.Columns), int(first.Rows), len(ordered)), dtype=np.float32)
+    shape = (int(first.Columns), int(first.Rows), len(ordered))
+    check_dimensions(key, shape, 4, policy.max_axis_length, policy.max_decoded_bytes)
+    volume = np.empty(shape, dtype=np.float32)
     for index, (name, ds) in enumerate(ordered):
         volume[:, :, index] = rescaled_pixels(key, name, ds).T
     metadata["dicom_slices"] = len(ordered)

@@ -30,6 +30,12 @@ def test_a_one_file_per_slice_series_reconstructs_the_source_volume(t1_small, di
     np.testing.assert_allclose(spacing, [2.0, 3.0, 2.0], atol=1e-6)
 
 
+def test_a_series_too_large_for_the_policy_is_refused_before_decoding(dicom_series):
+    with pytest.raises(ScanRejected) as rejected:
+        read_scan(ScanPayload("series", dicom_series), ScanPolicy(max_decoded_bytes=100_000))
+    assert rejected.value.reason == "absurd_dimensions"
+
+
 def test_a_zipped_series_reads_like_the_folder(dicom_series):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
