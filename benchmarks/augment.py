@@ -7,8 +7,8 @@ Compares, in one run and on the same slices:
 - ``cpu``: ``braindino.augment.MultiCropAugment`` (per sample, NumPy);
 - ``batched``: ``braindino.augment.BatchedMultiCrop`` on CPU tensors, and on CUDA when present.
 
-Per-core numbers pin NumPy/BLAS/torch to one thread; pipelines are measured in interleaved rounds and
-each reports its best round, so a busy shared machine slows all of them alike. Usage:
+Per-core numbers pin NumPy/BLAS/torch to one thread and count this process's CPU time; pipelines run in
+interleaved rounds and each reports its best round. Usage:
     python benchmarks/augment.py --out augment.json [--seconds 3]
 """
 
@@ -38,6 +38,7 @@ from scipy.ndimage import gaussian_filter
 from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropConfig
 
 ICBM = "MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c"
+SINGLE_THREAD = "cpu, 1 thread"
 
 
 def load_icbm152_slices(step: int = 4) -> np.ndarray:
@@ -119,19 +120,21 @@ class ReferenceMultiCrop:
         return best
 
 
-def interleaved_rates(pipelines: dict[str, Callable[[], int]], seconds: float) -> dict[str, float]:
-    """Slices per second of each pipeline: rounds run every pipeline once in turn (each call returns the
-    slices it augmented) until ``seconds`` per pipeline have passed; a pipeline's rate is its best round,
-    the one least disturbed by other work on a shared machine."""
+def interleaved_rates(pipelines: dict[tuple[str, str], Callable[[], int]], seconds: float) -> dict[tuple[str, str], float]:
+    """Slices per second of each ``(name, device)`` pipeline: rounds run every pipeline once in turn (each
+    call returns the slices it augmented) until ``seconds`` per pipeline have passed; a pipeline's rate is
+    its best round. CPU pipelines are timed in this process's CPU time (one thread: seconds of one core),
+    which time-slicing by other work on a shared machine does not inflate; GPU pipelines in wall time."""
     best = {name: 0.0 for name in pipelines}
     spent = {name: 0.0 for name in pipelines}
     for run in pipelines.values():
         run()  # warm-up
     while min(spent.values()) < seconds:
         for name, run in pipelines.items():
-            start = time.perf_counter()
+            clock = time.process_time if name[1] == SINGLE_THREAD else time.perf_counter
+            start = clock()
             done = run()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             spent[name] += elapsed
             best[name] = max(best[name], done / elapsed)
     return best
@@ -170,11 +173,10 @@ def main() -> None:
     slices = load_icbm152_slices()
     tensors = torch.from_numpy(slices).unsqueeze(1).repeat(math.ceil(4 * args.batch / len(slices)), 1, 1, 1)
     batched = BatchedMultiCrop(config)
-    single_thread = "cpu, 1 thread"
     pipelines = {
-        ("reference (PIL + NumPy, per crop)", single_thread): per_sample_pass(ReferenceMultiCrop(config), slices),
-        ("MultiCropAugment (NumPy, per sample)", single_thread): per_sample_pass(MultiCropAugment(config, 0), slices),
-        (f"BatchedMultiCrop (torch, batch {args.batch})", single_thread): batched_pass(batched, tensors, args.batch),
+        ("reference (PIL + NumPy, per crop)", SINGLE_THREAD): per_sample_pass(ReferenceMultiCrop(config), slices),
+        ("MultiCropAugment (NumPy, per sample)", SINGLE_THREAD): per_sample_pass(MultiCropAugment(config, 0), slices),
+        (f"BatchedMultiCrop (torch, batch {args.batch})", SINGLE_THREAD): batched_pass(batched, tensors, args.batch),
     }
     if torch.cuda.is_available():
         gpu_slices = tensors.repeat(math.ceil(4 * 512 / len(tensors)), 1, 1, 1).cuda()

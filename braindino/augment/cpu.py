@@ -120,11 +120,19 @@ def resize_crops(image: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size: 
     col_low, col_high, col_weight = _neighbours(cols, image.shape[1])
     crops = np.empty((len(boxes), size, size), dtype=np.float32)
     for i, crop in enumerate(crops):
-        first, last = col_low[i].min(), col_high[i].max() + 1
-        top, bottom = image[row_low[i], first:last], image[row_high[i], first:last]
-        band = top + (bottom - top) * row_weight[i][:, None]
-        left, right = band[:, col_low[i] - first], band[:, col_high[i] - first]
-        np.add(left, (right - left) * col_weight[i], out=crop)
+        # Columns first, on the box's rows only, then whole-row gathers: cheaper than the other order
+        # because crops upsample (box rows < size) and row gathers copy contiguous memory.
+        first = row_low[i].min()
+        rows_of_box = image[first:row_high[i].max() + 1]
+        left = rows_of_box[:, col_low[i]]
+        right = rows_of_box[:, col_high[i]]
+        right -= left
+        right *= col_weight[i]
+        left += right
+        top, bottom = left[row_low[i] - first], left[row_high[i] - first]
+        bottom -= top
+        bottom *= row_weight[i][:, None]
+        np.add(top, bottom, out=crop)
     return crops
 
 
