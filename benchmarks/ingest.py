@@ -11,8 +11,12 @@ that its peak RSS is its own, with NumPy/BLAS pinned to one thread:
   ``np.pad``). It is NOT MONAI (not installed here); it stands for a typical transform chain.
 
 Two inputs: the 1 mm catalogue volumes as shipped, and the same volumes thinned to 1 x 1 x 3 mm (every
-third axial slice, stored .nii.gz) so that every scan needs resampling back to 1 mm. Usage:
-    python benchmarks/ingest.py --out ingest.json [--seconds 30] [--max-scans 300]
+third axial slice, stored .nii.gz) so that every scan needs resampling back to 1 mm.
+
+On a shared machine the load changes from second to second, so the chains take turns: ``--rounds``
+rounds, each giving every chain ``--seconds / --rounds`` seconds. A chain's ``mean`` rate is over all
+its rounds, ``best`` is its least-disturbed round. Usage:
+    python benchmarks/ingest.py --out ingest.json [--seconds 30] [--rounds 5] [--max-scans 300]
 """
 
 from __future__ import annotations
@@ -122,16 +126,15 @@ def run_monai_style(payload: ScanPayload) -> int:
 RUNNERS = {"floor": run_floor, "braindino": run_braindino, "monai_style": run_monai_style}
 
 
-def worker(chain: str, inputs: str, seconds: float, max_scans: int) -> dict:
-    """Cycle the catalogue through one chain until the time or scan budget is spent (runs in a child)."""
+def worker(chain: str, inputs: str, seconds: float, max_scans: int, first_scan: int) -> dict:
+    """Cycle the catalogue through one chain, from ``first_scan`` on, until the time or scan budget is spent."""
     payloads = catalogue_payloads(inputs)
     loaded_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports + catalogue bytes
     run = RUNNERS[chain]
-    run(payloads[0])  # warm-up: imports and first-touch allocations
     scans = slices = 0
     start = time.perf_counter()
     while scans < max_scans and time.perf_counter() - start < seconds:
-        slices += run(payloads[scans % len(payloads)])
+        slices += run(payloads[(first_scan + scans) % len(payloads)])
         scans += 1
     elapsed = time.perf_counter() - start
     return {
@@ -148,25 +151,45 @@ def worker(chain: str, inputs: str, seconds: float, max_scans: int) -> dict:
     }
 
 
+def summarise(inputs: str, chain: str, parts: list[dict]) -> dict:
+    """One chain's rounds: totals, mean and best rates, worst peak RSS."""
+    scans, slices = sum(p["scans"] for p in parts), sum(p["slices"] for p in parts)
+    seconds = sum(p["seconds"] for p in parts)
+    return {
+        "chain": chain,
+        "inputs": inputs,
+        "catalogue_scans": parts[0]["catalogue_scans"],
+        "rounds": len(parts),
+        "scans": scans,
+        "slices": slices,
+        "seconds": round(seconds, 2),
+        "scans_per_s_per_core": {"mean": round(scans / seconds, 3), "best": max(p["scans_per_s_per_core"] for p in parts)},
+        "slices_per_s_per_core": {"mean": round(slices / seconds, 1), "best": max(p["slices_per_s_per_core"] for p in parts)},
+        "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
+        "peak_rss_after_loading_catalogue_mb": max(p["peak_rss_after_loading_catalogue_mb"] for p in parts),
+    }
+
+
 def slice_encodings() -> dict:
-    """Bytes and encode time per 256 x 256 slice for the candidate shard encodings (one real T1 scan)."""
-    payload = catalogue_payloads("iso_1mm")[0]
-    slices = [image for _, image, _ in process_scan(payload, SPEC).slices]
+    """Bytes and encode time per 256 x 256 slice for candidate shard encodings, per 1 mm catalogue scan."""
     encoders = {
-        "float32_npy": lambda s: _npy(s),
+        "float32_npy": _npy,
         "float16_npy": encode_float16_npy,
         "float16_npy_zlib1": lambda s: zlib.compress(encode_float16_npy(s), 1),
         "float16_npy_zlib6": lambda s: zlib.compress(encode_float16_npy(s), 6),
     }
-    report = {"scan": payload.key, "slices": len(slices)}
-    for name, encode in encoders.items():
-        start = time.perf_counter()
-        sizes = [len(encode(s)) for s in slices]
-        report[name] = {
-            "bytes_per_slice": int(np.mean(sizes)),
-            "encode_ms_per_slice": round(1000 * (time.perf_counter() - start) / len(slices), 3),
-        }
-    report["zstd"] = "not measured: no zstd module in this environment"
+    report: dict = {"zstd": "not measured: no zstd module in this environment", "scans": {}}
+    for payload in catalogue_payloads("iso_1mm"):
+        slices = [image for _, image, _ in process_scan(payload, SPEC).slices]
+        per_scan = {"slices": len(slices)}
+        for name, encode in encoders.items():
+            start = time.perf_counter()
+            sizes = [len(encode(s)) for s in slices]
+            per_scan[name] = {
+                "bytes_per_slice": int(np.mean(sizes)),
+                "encode_ms_per_slice": round(1000 * (time.perf_counter() - start) / len(slices), 3),
+            }
+        report["scans"][payload.key] = per_scan
     return report
 
 
@@ -180,20 +203,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=False)
     parser.add_argument("--seconds", type=float, default=30.0, help="time budget per chain and input")
-    parser.add_argument("--max-scans", type=int, default=300)
+    parser.add_argument("--max-scans", type=int, default=300, help="scan budget per chain and input, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--worker", nargs=2, metavar=("CHAIN", "INPUTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--first-scan", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.seconds, args.max_scans)))
+        print(json.dumps(worker(*args.worker, args.seconds, args.max_scans, args.first_scan)))
         return
-    runs = []
-    for inputs in INPUTS:
-        for chain in CHAINS:
-            command = [sys.executable, __file__, "--worker", chain, inputs, "--seconds", str(args.seconds),
-                       "--max-scans", str(args.max_scans)]
+    rounds: dict[tuple[str, str], list[dict]] = {(inputs, chain): [] for inputs in INPUTS for chain in CHAINS}
+    for round_index in range(args.rounds):
+        for inputs, chain in rounds:
+            done = sum(part["scans"] for part in rounds[(inputs, chain)])
+            command = [sys.executable, __file__, "--worker", chain, inputs, "--seconds", str(args.seconds / args.rounds),
+                       "--max-scans", str(max(1, args.max_scans // args.rounds)), "--first-scan", str(done)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            runs.append(json.loads(output.strip().splitlines()[-1]))
-            print(json.dumps(runs[-1]), flush=True)
+            rounds[(inputs, chain)].append(json.loads(output.strip().splitlines()[-1]))
+            print(round_index, json.dumps(rounds[(inputs, chain)][-1]), flush=True)
+    runs = [summarise(inputs, chain, parts) for (inputs, chain), parts in rounds.items()]
     report = {
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "numpy": np.__version__},
@@ -201,6 +228,7 @@ def main() -> None:
         "runs": runs,
         "slice_encodings": slice_encodings(),
     }
+    print(json.dumps(report["runs"], indent=1))
     print(json.dumps(report["slice_encodings"], indent=1))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
