@@ -9,6 +9,7 @@ input's device, so a CUDA batch never synchronises with the host.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -86,9 +87,11 @@ def foreground_integral(images: Tensor) -> Tensor:
 
 
 def sample_crop_boxes(counts: Tensor, source: Tensor, scale: tuple[float, float], aspect_ratio: tuple[float, float],
-                      min_fraction: float, tries: int, uniform) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      min_fraction: float, tries: int,
+                      uniform: Callable[..., Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Boxes ``(y0, x0, h, w)`` in pixels, one per row of ``source`` (its slice index): the first of ``tries``
-    random boxes whose foreground fraction reaches ``min_fraction``, else the one with the most."""
+    random boxes whose foreground fraction reaches ``min_fraction``, else the one with the most.
+    ``uniform((low, high), *shape)`` draws the random numbers on the device."""
     height, width = counts.shape[1] - 1, counts.shape[2] - 1
     rows = source.numel()
     area = uniform(scale, rows, tries) * (height * width)
