@@ -132,6 +132,7 @@ class EvalConfig:
     every: int = 1000
     knn_k: int = 10
     collapse_fraction: float = 0.25  # warn when feature std < fraction * 1/sqrt(D) (the spread-out value)
+    collapse_grace_epochs: float = 1.0  # features start bunched at initialisation: watch from then on
 
 
 @dataclass

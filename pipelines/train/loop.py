@@ -73,6 +73,24 @@ def _plain(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
+@torch.no_grad()
+def initialise_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create AdamW state for every parameter with a zero-lr step on zero gradients (weights unchanged).
+
+    Frozen-for-now parameters (the prototypes) would otherwise have no state in early checkpoints, and a
+    checkpoint must hold the same keys whenever it is taken so that any of them can be loaded.
+    """
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+        for param in group["params"]:
+            param.grad = torch.zeros_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+
+
 class StageTrainer:
     """One worker's view of one stage; ``run`` returns the final ``TrainState``."""
 
@@ -95,6 +113,7 @@ class StageTrainer:
         if self.model.gram_teacher is not None:
             parallelize(self.model.gram_teacher, mesh, parallel, trainable=False)
         self.optimizer = build_optimizer(self.model.student, self.config.optim)
+        initialise_optimizer_state(self.optimizer)
         global_batch = self.spec.batch_size_per_worker * world
         from braindino.optim import scaled_lr
 
@@ -103,7 +122,7 @@ class StageTrainer:
                                                  self.config.data.iterations_per_epoch)
         self.first = self.config.first_step(plan.stage)
         self.end = self.first + self.spec.iterations
-        self.warmup_steps = self.schedules.lr.warmup_steps
+        self.collapse_grace = round(self.config.eval.collapse_grace_epochs * self.config.data.iterations_per_epoch)
         self.freeze_steps = round(self.config.optim.freeze_prototypes_epochs * self.config.data.iterations_per_epoch)
         self.logger = RunLogger(plan.tracking_uri, plan.run_id, enabled=rank == 0)
         self.threshold = collapse_threshold(self.config.model.vit().embed_dim, self.config.eval.collapse_fraction)
@@ -176,8 +195,7 @@ class StageTrainer:
                                images_per_s=images / elapsed, tokens_per_s=images * self.tokens_per_image / elapsed,
                                data_wait_fraction=(position.wait_seconds - window_wait) / elapsed,
                                stage=1.0 if self.plan.stage == "stage1" else 2.0, data_epoch=position.data_epoch)
-                # features start bunched at initialisation: the detector watches from the end of warm-up
-                collapsed = local >= self.warmup_steps and metrics["student_feature_std"] < self.threshold
+                collapsed = local >= self.collapse_grace and metrics["student_feature_std"] < self.threshold
                 metrics["collapse_warning"] = float(collapsed)
                 if collapsed and self.rank == 0:
                     log.warning("step %d: student feature std %.4g is below the collapse threshold %.4g",
