@@ -120,7 +120,8 @@ class ReferenceMultiCrop:
         return best
 
 
-def interleaved_rates(pipelines: dict[tuple[str, str], Callable[[], int]], seconds: float) -> dict[tuple[str, str], float]:
+def interleaved_rates(pipelines: dict[tuple[str, str], Callable[[], int]],
+                      seconds: float) -> dict[tuple[str, str], float]:
     """Slices per second of each ``(name, device)`` pipeline: rounds run every pipeline once in turn (each
     call returns the slices it augmented) until ``seconds`` per pipeline have passed; a pipeline's rate is
     its best round. CPU pipelines are timed in this process's CPU time (one thread: seconds of one core),

@@ -106,7 +106,8 @@ def test_left_right_flip_happens_at_its_probability(slices, flip_p):
                                  min_brain_fraction=0.0, n_local=0)
     augment = MultiCropAugment(config, seed=1)
     cpu = [centre_of_brain_x(v) > 0.5 for _ in range(8) for s in halves for v in augment(s)["global"]]
-    crops, _ = BatchedMultiCrop(config)(as_batch(np.tile(halves, (8, 1, 1))), generator=torch.Generator().manual_seed(1))
+    crops, _ = BatchedMultiCrop(config)(as_batch(np.tile(halves, (8, 1, 1))),
+                                        generator=torch.Generator().manual_seed(1))
     batched = [centre_of_brain_x(c[0].numpy()) > 0.5 for c in crops]
     for flipped in (cpu, batched):
         assert abs(np.mean(flipped) - flip_p) < 0.08  # about 3 standard errors
