@@ -38,11 +38,6 @@ def scaled_lr(batch_size: int, base_lr: float = 1e-3, reference_batch_size: int 
     return base_lr * math.sqrt(batch_size / reference_batch_size)
 
 
-def _clean(name: str) -> str:
-    """Parameter name without wrapper prefixes (``torch.compile``'s ``_orig_mod.``)."""
-    return name.replace("_orig_mod.", "")
-
-
 def backbone_layer(name: str, depth: int) -> int:
     """Layer index of a backbone parameter name (relative to the backbone)."""
     if name.startswith("patch_embed.") or name in NO_DECAY_TOKENS:
@@ -69,13 +64,14 @@ def build_param_groups(network: nn.Module, config: OptimConfig) -> list[dict]:
 
     Parameters sharing (lr multiplier, wd multiplier) share a group; each group lists its ``names``.
     Initial ``lr`` and ``weight_decay`` are the multipliers; call ``apply_schedules`` every step.
+    Names are read as ``backbone.blocks.3...``: compile modules in place (``module.compile()``), which
+    keeps parameter names, rather than wrapping the network in ``torch.compile``.
     """
     depth = network.backbone.config.depth
     groups: dict[tuple[float, float], dict] = {}
-    for raw_name, param in network.named_parameters():
+    for name, param in network.named_parameters():
         if not param.requires_grad:
             continue
-        name = _clean(raw_name)
         key = _multipliers(name, param, depth, config)
         group = groups.setdefault(
             key, {"params": [], "names": [], "lr_multiplier": key[0], "wd_multiplier": key[1], "lr": key[0], "weight_decay": key[1]}
@@ -102,7 +98,7 @@ def cancel_prototype_gradients(network: nn.Module, step: int, freeze_steps: int)
     if step >= freeze_steps:
         return
     for name, param in network.named_parameters():
-        if PROTOTYPE_LAYER in _clean(name).split("."):
+        if PROTOTYPE_LAYER in name.split("."):
             param.grad = None
 
 

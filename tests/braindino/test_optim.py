@@ -63,12 +63,6 @@ def test_lr_scales_with_the_square_root_of_the_batch():
     assert scaled_lr(4096, base_lr=2e-3) == pytest.approx(4e-3)
 
 
-def test_compiled_networks_get_the_same_groups(network):
-    compiled = torch.compile(network)  # names gain an "_orig_mod." prefix; compilation itself is lazy
-    groups = {(g["lr_multiplier"], tuple(g["names"])) for g in build_param_groups(compiled, OptimConfig())}
-    assert groups == {(g["lr_multiplier"], tuple(g["names"])) for g in build_param_groups(network, OptimConfig())}
-
-
 def test_prototype_layer_is_frozen_for_the_first_steps(network):
     optimizer = build_optimizer(network, OptimConfig())
     apply_schedules(optimizer, lr=1e-2, weight_decay=0.04)
