@@ -1,27 +1,16 @@
 """Fixtures shared by the model-library tests."""
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
-
-@dataclass
-class HandBuiltMultiCropBatch:
-    """Stand-in with the fields of ``braindino.augment.MultiCropBatch`` that ``SelfDistillation`` reads."""
-
-    global_crops: torch.Tensor
-    local_crops: torch.Tensor
-    masks: torch.Tensor
-    n_global: int
-    n_local: int
+from braindino.augment import MultiCropBatch
 
 
 @pytest.fixture
 def make_batch():
-    """``make_batch(batch_size, n_global, n_local, global_size, local_size, seed)`` -> a random multi-crop batch.
+    """``make_batch(batch_size, n_global, n_local, global_size, local_size, seed)`` -> a random ``MultiCropBatch``.
 
-    Half of each view's images get a random 30 % patch mask, as the iBOT recipe masks half of the images.
+    Half of the images get a random 30 % patch mask, as the iBOT recipe masks half of the images.
     """
 
     def build(batch_size=4, n_global=2, n_local=2, global_size=32, local_size=16, seed=0):
@@ -29,7 +18,7 @@ def make_batch():
         n_patches = (global_size // 16) ** 2
         masks = torch.rand(n_global * batch_size, n_patches, generator=generator) < 0.3
         masks[1::2] = False
-        return HandBuiltMultiCropBatch(
+        return MultiCropBatch(
             global_crops=torch.randn(n_global * batch_size, 1, global_size, global_size, generator=generator),
             local_crops=torch.randn(n_local * batch_size, 1, local_size, local_size, generator=generator),
             masks=masks,
