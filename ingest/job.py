@@ -3,10 +3,10 @@
 Stages:
 1. the driver lists every dataset's source, groups scan units and keeps those the ledger says are new
    or changed (``manifest.plan``); subject, session and scan pseudonyms are derived here;
-2. ``ScanProcessor`` (Ray Data ``map``, bounded concurrency) fetches each unit's bytes, runs
+2. ``process_unit`` (Ray Data ``map``, at most ``concurrency`` at once) fetches each unit's bytes, runs
    ``process_scan``, writes the canonical volume to zarr and returns its manifest row plus its slices;
 3. slices are exploded into rows, shuffled globally with a seed (so a shard mixes subjects and
-   datasets), cut into blocks of ``shard_size`` rows and written one tar per block by ``ShardWriter``;
+   datasets), cut into blocks of ``shard_size`` rows and written one tar per block by ``write_shard_block``;
 4. the manifest tables are written, then the new version is committed last.
 
 A run that dies anywhere before step 4's commit leaves only unreferenced files; the rerun redoes it.
@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import ray
-from ray.data import ActorPoolStrategy
+from ray.data import TaskPoolStrategy
 
 from braindino.volumes import PreprocessSpec
 from ingest.deid import pseudonym
@@ -129,8 +129,8 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
 
     processed = (
         ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        .map(ScanProcessor, fn_constructor_kwargs={"settings": settings, "specs": {s.name: s for s in specs}},
-             compute=ActorPoolStrategy(size=settings.concurrency), num_cpus=1)
+        .map(process_unit, fn_kwargs={"settings": settings, "specs": {s.name: s for s in specs}},
+             compute=TaskPoolStrategy(size=settings.concurrency))
         .materialize()
     )
     scan_rows = [json.loads(row["scan"]) for row in processed.select_columns(["scan"]).iter_rows()]
@@ -190,69 +190,67 @@ def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: M
     return tasks, seen
 
 
-class ScanProcessor:
-    """Ray Data map: one unit row -> its manifest row (JSON) and its kept slices (float16 .npy bytes)."""
+def process_unit(task: dict[str, Any], settings: IngestSettings, specs: dict[str, DatasetSpec]) -> dict[str, Any]:
+    """Ray Data map: one unit row -> its manifest row (JSON) and its kept slices (float16 bytes).
 
-    def __init__(self, settings: IngestSettings, specs: dict[str, DatasetSpec]) -> None:
-        self.settings = settings
-        self.specs = specs
-        self.zarr = open_root(settings.output, settings.storage)
+    A plain function, so Ray runs it in pooled worker processes that stay warm across runs.
+    """
+    spec = specs[task["dataset"]]
+    unit = ScanUnit(spec.name, task["key"], tuple(SourceObject(**f) for f in json.loads(task["files"])))
+    if task["problem"]:
+        result = ScanResult(task["key"], "", reason="unmatched_subject", detail=task["problem"])
+    else:
+        result = process_scan(read_payload(spec.source, unit, settings.storage), settings.preprocess, settings.policy)
+    row = scan_row(task, unit, result)
+    if result.ok:
+        root = open_root(settings.output, settings.storage)
+        row["zarr_path"] = write_volume(root, spec.name, row["volume_id"], result.volume, zarr_attrs(row, result))
+    images = np.stack([s[1] for s in result.slices]) if result.slices else np.zeros((0, 0, 0))
+    return {
+        "scan": json.dumps(row),
+        "images": images.astype(np.float16).tobytes(),
+        "z": json.dumps([s[0] for s in result.slices]),
+        "foreground": json.dumps([s[2] for s in result.slices]),
+    }
 
-    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
-        spec = self.specs[task["dataset"]]
-        unit = ScanUnit(spec.name, task["key"], tuple(SourceObject(**f) for f in json.loads(task["files"])))
-        if task["problem"]:
-            result = ScanResult(task["key"], "", reason="unmatched_subject", detail=task["problem"])
-        else:
-            result = process_scan(read_payload(spec.source, unit, self.settings.storage), self.settings.preprocess, self.settings.policy)
-        row = self.scan_row(task, unit, result)
-        if result.ok:
-            row["zarr_path"] = write_volume(self.zarr, spec.name, row["volume_id"], result.volume, self.zarr_attrs(row, result))
-        z = [s[0] for s in result.slices]
-        images = np.stack([s[1] for s in result.slices]) if result.slices else np.zeros((0, 0, 0))
-        return {
-            "scan": json.dumps(row),
-            "images": images.astype(np.float16).tobytes(),
-            "z": json.dumps(z),
-            "foreground": json.dumps([s[2] for s in result.slices]),
-        }
 
-    @staticmethod
-    def scan_row(task: dict[str, Any], unit: ScanUnit, result: ScanResult) -> dict[str, Any]:
-        volume = result.volume
-        return {
-            "scan_id": task["scan_id"],
-            "volume_id": f"{task['scan_id']}-{result.digest[:12]}",
-            "dataset": task["dataset"],
-            "source_key": unit.key,
-            "size": unit.size,
-            "etag": unit.etag,
-            "content_digest": result.digest,
-            "status": "ok" if result.ok else "quarantined",
-            "reason": result.reason,
-            "detail": result.detail,
-            "subject": task["subject"],
-            "session": task["session"],
-            "sequence": task["sequence"],
-            "shape": list(volume.shape) if volume else None,
-            "spacing": list(volume.spacing) if volume else None,
-            "orientation": volume.orientation if volume else None,
-            "slices_kept": len(result.slices),
-            "zarr_path": "",
-            "shards": [],
-            "run_id": "",
-            "ingest_version": INGEST_VERSION,
-        }
+def scan_row(task: dict[str, Any], unit: ScanUnit, result: ScanResult) -> dict[str, Any]:
+    """The unit's ``scans`` row; ``zarr_path``, ``shards`` and ``run_id`` are filled in later."""
+    volume = result.volume
+    return {
+        "scan_id": task["scan_id"],
+        "volume_id": f"{task['scan_id']}-{result.digest[:12]}",
+        "dataset": task["dataset"],
+        "source_key": unit.key,
+        "size": unit.size,
+        "etag": unit.etag,
+        "content_digest": result.digest,
+        "status": "ok" if result.ok else "quarantined",
+        "reason": result.reason,
+        "detail": result.detail,
+        "subject": task["subject"],
+        "session": task["session"],
+        "sequence": task["sequence"],
+        "shape": list(volume.shape) if volume else None,
+        "spacing": list(volume.spacing) if volume else None,
+        "orientation": volume.orientation if volume else None,
+        "slices_kept": len(result.slices),
+        "zarr_path": "",
+        "shards": [],
+        "run_id": "",
+        "ingest_version": INGEST_VERSION,
+    }
 
-    def zarr_attrs(self, row: dict[str, Any], result: ScanResult) -> dict[str, Any]:
-        """Attributes beside the voxels: geometry comes from ``write_volume``; all of it non-identifying."""
-        keep = ("dataset", "volume_id", "subject", "session", "sequence", "ingest_version")
-        return json.loads(json.dumps({
-            **{k: row[k] for k in keep},
-            "source_digest": result.digest,
-            "provenance": result.volume.provenance,
-            "acquisition": result.metadata,
-        }, default=str))
+
+def zarr_attrs(row: dict[str, Any], result: ScanResult) -> dict[str, Any]:
+    """Attributes beside the voxels: geometry comes from ``write_volume``; all of it non-identifying."""
+    keep = ("dataset", "volume_id", "subject", "session", "sequence", "ingest_version")
+    return json.loads(json.dumps({
+        **{k: row[k] for k in keep},
+        "source_digest": result.digest,
+        "provenance": result.volume.provenance,
+        "acquisition": result.metadata,
+    }, default=str))
 
 
 def explode_slices(row: dict[str, Any], skip: set[str], slice_size: int) -> list[dict[str, Any]]:
@@ -272,24 +270,19 @@ def explode_slices(row: dict[str, Any], skip: set[str], slice_size: int) -> list
     return out
 
 
-class ShardWriter:
+def write_shard_block(batch: dict[str, np.ndarray], settings: IngestSettings, run_id: str) -> dict[str, np.ndarray]:
     """Ray Data map_batches over blocks of ``shard_size`` shuffled slices: one tar per block.
 
     Returns the block's ``slices`` manifest rows (plus the shard's size in ``bytes``), without pixels.
     """
-
-    def __init__(self, settings: IngestSettings, run_id: str) -> None:
-        self.fs, self.root = settings.storage.resolve(settings.output)
-        self.folder = f"shards/{run_id}"
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keys = [str(k) for k in batch["sample_key"]]
-        shard = f"{self.folder}/{shard_name(keys)}"
-        samples = ((k, image, json.loads(record)) for k, image, record in zip(keys, batch["image"], batch["record"]))
-        size = write_shard(self.fs, f"{self.root}/{shard}", samples)
-        rows = {k: batch[k] for k in ("sample_key", "volume_id", "scan_id", "dataset", "subject", "z", "foreground_fraction")}
-        return {**rows, "shard": np.array([shard] * len(keys)), "bytes": np.full(len(keys), size),
-                "active": np.ones(len(keys), dtype=bool)}
+    fs, root = settings.storage.resolve(settings.output)
+    keys = [str(k) for k in batch["sample_key"]]
+    shard = f"shards/{run_id}/{shard_name(keys)}"
+    samples = ((k, image, json.loads(record)) for k, image, record in zip(keys, batch["image"], batch["record"]))
+    size = write_shard(fs, f"{root}/{shard}", samples)
+    rows = {k: batch[k] for k in ("sample_key", "volume_id", "scan_id", "dataset", "subject", "z", "foreground_fraction")}
+    return {**rows, "shard": np.array([shard] * len(keys)), "bytes": np.full(len(keys), size),
+            "active": np.ones(len(keys), dtype=bool)}
 
 
 def write_shards(processed, skip: set[str], settings: IngestSettings, run_id: str) -> list[dict[str, Any]]:
@@ -298,8 +291,8 @@ def write_shards(processed, skip: set[str], settings: IngestSettings, run_id: st
         processed.flat_map(explode_slices, fn_kwargs={"skip": skip, "slice_size": settings.preprocess.slice_size})
         .random_shuffle(seed=settings.shuffle_seed)
         .repartition(target_num_rows_per_block=settings.shard_size, strict=True)
-        .map_batches(ShardWriter, fn_constructor_kwargs={"settings": settings, "run_id": run_id},
-                     batch_size=None, compute=ActorPoolStrategy(size=settings.concurrency), num_cpus=1)
+        .map_batches(write_shard_block, fn_kwargs={"settings": settings, "run_id": run_id},
+                     batch_size=None, compute=TaskPoolStrategy(size=settings.concurrency))
     )
     return [{**row, "z": int(row["z"]), "foreground_fraction": float(row["foreground_fraction"]),
              "bytes": int(row["bytes"]), "active": bool(row["active"])} for row in written.iter_rows()]

@@ -50,8 +50,8 @@ SCANS_SCHEMA = pa.schema(
         ("subject", pa.string()),  # keyed pseudonym
         ("session", pa.string()),  # keyed pseudonym, "" when the dataset has no sessions
         ("sequence", pa.string()),
-        ("shape", pa.list_(pa.int32(), 3)),
-        ("spacing", pa.list_(pa.float64(), 3)),
+        ("shape", pa.list_(pa.int32())),  # null when quarantined
+        ("spacing", pa.list_(pa.float64())),
         ("orientation", pa.string()),
         ("slices_kept", pa.int32()),
         ("zarr_path", pa.string()),  # relative to the output root

@@ -96,10 +96,14 @@ def unit_uri(source: str, unit: ScanUnit) -> str:
 
 
 def read_payload(source: str, unit: ScanUnit, storage: ObjectStoreConfig) -> ScanPayload:
-    """Fetch the unit's bytes, each file under its own name (a series' files share one folder)."""
+    """Fetch the unit's bytes as stored, each file under its own name (a series' files share one folder).
+
+    ``compression=None``: pyarrow would otherwise inflate ``.gz`` objects on the fly, hiding a
+    truncated gzip from the readers (and changing the content digest).
+    """
     fs, root = storage.resolve(source)
     files = {}
     for obj in unit.files:
-        with fs.open_input_stream(f"{root}/{obj.key}") as stream:
+        with fs.open_input_stream(f"{root}/{obj.key}", compression=None) as stream:
             files[PurePosixPath(obj.key).name] = stream.read()
     return ScanPayload(unit_uri(source, unit), files)

@@ -3,7 +3,8 @@
 The store lives at ``<output root>/zarr`` (local folder or S3 through s3fs). Arrays are named by
 ``volume_id`` (scan pseudonym + content digest), so rewriting the same content is idempotent and a
 changed scan never overwrites the data its superseded manifest row points to. Chunks are
-``(X, Y, 1)``: reading ``array[:, :, z]`` fetches exactly one chunk.
+``(X, Y, 1)``, packed by zarr's sharding codec into one object per scan: S3 holds one object per
+volume, and reading ``array[:, :, z]`` fetches the shard index and that one chunk by byte range.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def write_volume(root: zarr.Group, dataset: str, volume_id: str, volume: Canonic
     relative to the output root (the manifest's ``zarr_path``)."""
     group = root.require_group(dataset)
     nx, ny, _ = volume.shape
-    array = group.create_array(volume_id, shape=volume.shape, dtype="float32", chunks=(nx, ny, 1), overwrite=True)
+    array = group.create_array(volume_id, shape=volume.shape, dtype="float32", chunks=(nx, ny, 1), shards=volume.shape, overwrite=True)
     array[...] = volume.data
     array.attrs.update({
         **attrs,

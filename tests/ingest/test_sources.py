@@ -33,7 +33,7 @@ def test_s3_listing_carries_size_and_etag_and_skips_folder_markers(object_store,
     assert objects[0].size == len(FILES["raw/mixed/sub-1/anat.nii.gz"]) and len(objects[0].etag) == 32
 
 
-def test_dicom_files_of_one_folder_form_one_unit_other_files_stand_alone(object_store, bucket):
+def test_dicom_files_of_one_folder_form_one_unit_other_files_stand_alone_and_bytes_come_as_stored(object_store, bucket):
     put(object_store, bucket, FILES)
     source = f"s3://{bucket}/raw/mixed"
     units = scan_units(SPEC, list_objects(source, object_store))
@@ -41,6 +41,7 @@ def test_dicom_files_of_one_folder_form_one_unit_other_files_stand_alone(object_
     series = units[1]
     assert series.size == len(b"dicom one") + len(b"dicom two") and series.etag.startswith("series-")
 
+    assert read_payload(source, units[0], object_store).files == {"anat.nii.gz": FILES["raw/mixed/sub-1/anat.nii.gz"]}
     payload = read_payload(source, series, object_store)
     assert payload.key == f"{source}/sub-1/series4/"
     assert payload.files == {"IM1.dcm": b"dicom one", "IM2.dcm": b"dicom two"}
