@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from braindino.config import load_config
 from infra.local.bundled import missing_entries, upload_bundled
-from infra.local.services import create_bucket, local_stack
+from infra.local.services import LocalStack, create_bucket, local_stack
+from pipelines.ingest import IngestConfig, ingest
 from pipelines.jobs import run_job
+from pipelines.tracking import TrackingConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,7 @@ class DemoConfig:
         "colin27": ["colin27_t1"],
         "heudiconv": ["heudiconv_dwi"],
     })
+    ingest_config: Path = Path("configs/ingest.yaml")  # its datasets: configs/datasets/<name>.yaml
 
 
 def run(config: DemoConfig) -> None:
@@ -30,10 +35,28 @@ def run(config: DemoConfig) -> None:
         uploaded = upload_bundled(stack.store, config.bucket, config.datasets)
         print(f"[demo] uploaded bundled real MRI to s3://{config.bucket}/raw/")
         for dataset, keys in uploaded.items():
-            print(f"  {dataset}: {len(keys)} objects would be ingested")
-            for key in keys:
-                print(f"    s3://{config.bucket}/{key}")
+            print(f"  {dataset}: {len(keys)} objects")
+        run_ingest_stage(config, stack)
         print(f"[demo] MLflow UI: {stack.mlflow.ui_command()}")
+
+
+def run_ingest_stage(config: DemoConfig, stack: LocalStack) -> None:
+    """Ingest the uploaded scans into ``workdir/ingest`` and say where the outputs are."""
+    os.environ.setdefault("BRAINDINO_ENV", "dev")  # the public dev pseudonym key unless a real one is set
+    base = load_config(IngestConfig, config.ingest_config)
+    output = (config.workdir / "ingest").resolve()
+    ingest_config = replace(
+        base,
+        datasets=[str(Path(base.datasets_dir) / f"{name}.yaml") for name in config.datasets],
+        ingest=replace(base.ingest, output=str(output), storage=stack.store),
+        tracking=TrackingConfig(stack.mlflow.tracking_uri, base.tracking.experiment, stack.mlflow.artifact_root),
+    )
+    print(f"[demo] ingesting s3://{config.bucket}/raw/ into {output}")
+    report = ingest(ingest_config)
+    print(f"[demo] manifest: {output}/manifest/v{report.manifest_version:06d}.json (read it with ingest.manifest.ManifestStore)")
+    print(f"[demo] shards:   {output}/shards/  zarr volumes: {output}/zarr/")
+    for dataset, path in report.qc.items():
+        print(f"[demo] QC montage ({dataset}): {path}")
 
 
 def main(argv=None) -> None:
