@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from braindino.models.vit import VisionTransformer
+from braindino.augment import MultiCropBatch
 from braindino.optim import apply_schedules, build_optimizer, cancel_prototype_gradients, clip_gradients_per_module
 from braindino.ssl import SelfDistillation, TrainingSchedules
 from pipelines.train.checkpoint import TrainState, load_backbone_weights, load_checkpoint, save_checkpoint
@@ -71,6 +72,15 @@ def _plain(value: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    values: dict[str, torch.Tensor]  # loss terms and health signals (this rank)
+    norms: dict[str, torch.Tensor]  # pre-clip gradient norm per student module
+    schedule: dict[str, float]
+    finite: bool = True
 
 
 @torch.no_grad()
@@ -146,12 +156,16 @@ class StageTrainer:
         return TrainState(stage=self.plan.stage, step=self.first, mlflow_run_id=self.plan.run_id)
 
     def checkpoint(self, state: TrainState, metrics: dict[str, float]) -> None:
-        import ray.train
-
+        """Write this rank's part of a checkpoint and hand it to ``self.report`` (Ray Train by default)."""
         with tempfile.TemporaryDirectory(prefix="braindino-ckpt-") as directory:
             save_checkpoint(directory, self.model, self.optimizer, state)
-            ray.train.report({**metrics, "step": state.step, "diverged": int(state.diverged)},
-                             checkpoint=ray.train.Checkpoint.from_directory(directory))
+            self.report({**metrics, "step": state.step, "diverged": int(state.diverged)}, directory)
+
+    @staticmethod
+    def report(metrics: dict, directory: str) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
     # -- loop ----------------------------------------------------------------------------------------
 
@@ -159,7 +173,7 @@ class StageTrainer:
         state = self.restore(checkpoint)
         position = DataPosition(state.data_epoch, state.batches_in_epoch, state.samples_seen)
         batches = worker_batches(shard, self.config, self.spec, position)
-        maker = BatchMaker(self.config, self.spec, self.device, seed=self.config.seed * 1000 + self.rank + state.step)
+        maker = self.batch_maker(state.step)
         every = self.config.checkpoint
         log_every = self.config.eval.log_every
         self.model.train()
@@ -167,19 +181,11 @@ class StageTrainer:
         metrics: dict[str, float] = {}
         for step in range(state.step, self.end):
             local = step - self.first
-            batch = maker(next(batches))
-            lr, wd = self.schedules.lr(local), self.schedules.weight_decay(local)
-            momentum, temp = self.schedules.momentum(local), self.schedules.teacher_temp(local)
-            apply_schedules(self.optimizer, lr, wd)
-            loss, values = self.model(batch, teacher_temp=temp)
-            if not _all_finite(loss):
-                return self._diverged(state, position, step, values)
-            loss.backward()
-            cancel_prototype_gradients(self.model.student, local, self.freeze_steps)
-            norms = clip_gradients_per_module(self.model.student, self.config.optim.clip_grad)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.model.update_teacher(momentum)
+            result = self.train_step(maker(next(batches)), step)
+            if not result.finite:
+                return self._diverged(state, step, result.values)
+            values, norms, loss = result.values, result.norms, result.loss
+            lr, wd, momentum, temp = (result.schedule[k] for k in ("lr", "weight_decay", "momentum", "teacher_temp"))
             self._fault_hook(step)
             state.step = step + 1
             state.data_epoch, state.batches_in_epoch = position.data_epoch, position.batches_in_epoch
@@ -208,7 +214,27 @@ class StageTrainer:
                 self.checkpoint(state, {"loss": metrics.get("loss_total", float(loss.detach()))})
         return state
 
-    def _diverged(self, state: TrainState, position: DataPosition, step: int, values) -> TrainState:
+    def batch_maker(self, step: int = 0) -> BatchMaker:
+        return BatchMaker(self.config, self.spec, self.device, seed=self.config.seed * 1000 + self.rank + step)
+
+    def train_step(self, batch: MultiCropBatch, step: int) -> StepResult:
+        """One optimisation step at global iteration ``step``; nothing is updated when the loss is not finite."""
+        local = step - self.first
+        schedule = {"lr": self.schedules.lr(local), "weight_decay": self.schedules.weight_decay(local),
+                    "momentum": self.schedules.momentum(local), "teacher_temp": self.schedules.teacher_temp(local)}
+        apply_schedules(self.optimizer, schedule["lr"], schedule["weight_decay"])
+        loss, values = self.model(batch, teacher_temp=schedule["teacher_temp"])
+        if not _all_finite(loss):
+            return StepResult(loss.detach(), values, {}, schedule, finite=False)
+        loss.backward()
+        cancel_prototype_gradients(self.model.student, local, self.freeze_steps)
+        norms = clip_gradients_per_module(self.model.student, self.config.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_teacher(schedule["momentum"])
+        return StepResult(loss.detach(), values, norms, schedule)
+
+    def _diverged(self, state: TrainState, step: int, values) -> TrainState:
         state.diverged = True
         message = (f"{self.plan.stage} diverged at step {step}: the loss is NaN/Inf "
                    f"(terms: { {k: float(v) for k, v in values.items() if k.startswith('loss_')} }). "

@@ -52,24 +52,33 @@ def ingested(object_store, ray_session):
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory, object_store, ingested):
-    """``tiny_config(root, *overrides)``: the tiny CPU config on the ingested shards, MLflow and checkpoints under ``root``."""
+def tiny_overrides(object_store, ingested):
+    """``tiny_overrides(root)``: ``--set`` items pointing the tiny config at the ingested shards, MLflow and
+    checkpoints under ``root``."""
     from dataclasses import asdict
-
-    from pipelines.train.config import PretrainConfig
 
     store = {k: v for k, v in asdict(object_store).items() if v is not None}
 
-    def build(root: Path, *overrides: str) -> PretrainConfig:
+    def build(root: Path) -> list[str]:
         mlflow = LocalMlflow(root / "mlflow")
         mlflow.root.mkdir(parents=True, exist_ok=True)
-        base = [
+        return [
             f"data.manifest={ingested}",
             *(f"data.store.{k}={v}" for k, v in store.items()),
             f"tracking.tracking_uri={mlflow.tracking_uri}",
             f"tracking.artifact_root={mlflow.artifact_root}",
             f"checkpoint.storage_path={root / 'ray_results'}",
         ]
-        return load_config(PretrainConfig, TINY, [*base, *overrides])
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tiny_overrides):
+    """``tiny_config(root, *overrides)``: the tiny CPU config as a ``PretrainConfig``."""
+    from pipelines.train.config import PretrainConfig
+
+    def build(root: Path, *overrides: str) -> PretrainConfig:
+        return load_config(PretrainConfig, TINY, [*tiny_overrides(root), *overrides])
 
     return build

@@ -96,7 +96,7 @@ def test_registered_encoder_reproduces_the_teacher_features(trained):
 
     client, result, config = trained["client"], trained["result"], trained["config"]
     version = client.get_model_version_by_alias(MODEL_NAME, "candidate")
-    assert version.version == result.model_version
+    assert str(version.version) == result.model_version
     assert version.run_id == result.run_id
     card = version.description
     assert "Research only" in card and "MNI ICBM152" in card and "stage 2" in card
@@ -113,7 +113,7 @@ def test_registered_encoder_reproduces_the_teacher_features(trained):
     assert torch.equal(encoder.encode_slices(slices), expected)
     served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@candidate").predict(slices.numpy())
     assert np.array_equal(served, expected.numpy())
-    register_main(["promote", "--version", version.version, "--tracking-uri", config.tracking.resolved_uri()])
+    register_main(["promote", "--version", str(version.version), "--tracking-uri", config.tracking.resolved_uri()])
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == version.version
 
 
