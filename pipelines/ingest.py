@@ -10,9 +10,14 @@ Each run is incremental (the manifest is the ledger) and is logged to MLflow as 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+if __name__ == "__main__":  # run as a file: this folder must not shadow the `ingest` package
+    _HERE = Path(__file__).resolve().parent
+    sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from braindino.config import flatten, to_dict
 from ingest.job import INGEST_VERSION, FaultHook, IngestReport, IngestSettings, run_ingest
