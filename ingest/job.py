@@ -7,7 +7,8 @@ Stages:
    ``process_scan``, writes the canonical volume to zarr and returns its manifest row plus its slices;
 3. slices are exploded into rows, shuffled globally with a seed (so a shard mixes subjects and
    datasets), cut into blocks of ``shard_size`` rows and written one tar per block by ``write_shard_block``;
-4. the manifest tables are written, then the new version is committed last.
+4. the manifest tables are written, then the new version is committed last; then the shard and table
+   folders of runs that died before their commit are deleted.
 
 A run that dies anywhere before step 4's commit leaves only unreferenced files; the rerun redoes it.
 """
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 from ray.data import TaskPoolStrategy
 
@@ -150,6 +152,7 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
     report.manifest_version = store.commit(previous, run_id, tables, licences)
     report.committed = True
+    sweep_uncommitted(store, settings)
 
     fresh = [r for r in scan_rows if r["volume_id"] not in skip]
     report.scans_ok = sum(r["status"] == "ok" for r in fresh)
@@ -161,6 +164,17 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     report.qc = write_qc(fresh, settings, run_id)
     report.seconds = time.monotonic() - started
     return report
+
+
+def sweep_uncommitted(store: ManifestStore, settings: IngestSettings) -> None:
+    """Delete the shard and table folders of runs that died before their commit (one writer per root)."""
+    fs, root = settings.storage.resolve(settings.output)
+    committed = store.committed_runs()
+    for parent in ("shards", "manifest/runs"):
+        listing = fs.get_file_info(pafs.FileSelector(f"{root}/{parent}", allow_not_found=True))
+        for info in listing:
+            if info.type == pafs.FileType.Directory and info.base_name not in committed:
+                fs.delete_dir(info.path)
 
 
 def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: Manifest) -> tuple[list[dict[str, Any]], int]:

@@ -110,6 +110,10 @@ class ManifestStore:
         names = (info.base_name for info in self.fs.get_file_info(selector) if info.is_file)
         return sorted(int(n[1:-5]) for n in names if n.startswith("v") and n.endswith(".json") and n[1:-5].isdigit())
 
+    def committed_runs(self) -> set[str]:
+        """The run ids named by any committed version."""
+        return {json.loads(self._read(f"manifest/v{v:06d}.json"))["run_id"] for v in self.versions()}
+
     def latest(self) -> Manifest:
         versions = self.versions()
         if not versions:

@@ -151,6 +151,9 @@ def test_a_run_killed_before_its_commit_leaves_nothing_visible_and_the_rerun_lan
 
     manifest = latest(world)
     assert manifest.version == 1 and report.committed and report.manifest_version == 1
+    dead_runs = {p.split("/shards/")[1].split("/")[0] for p in leftovers if "/shards/" in p}
+    assert manifest.run_id not in dead_runs
+    assert not any(f"/{run}/" in p for run in dead_runs for p in stored_objects(world))  # swept after the commit
     keys = Counter((r["dataset"], r["source_key"]) for r in manifest.scans.to_pylist())
     assert set(keys) == good_keys(world) | set(BAD) and set(keys.values()) == {1}
     sample_keys = manifest.slices["sample_key"].to_pylist()
