@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from braindino.config import load_config
 from braindino.models import HeadConfig, ViTConfig
 from braindino.ssl import SelfDistillation, SelfDistillationConfig
 
@@ -85,3 +86,11 @@ def test_gram_anchoring_adds_a_term_with_a_frozen_teacher_on_larger_inputs(make_
     assert metrics["loss_gram"].item() >= 0.0
     assert all(p.grad is None for p in model.gram_teacher.parameters())
     assert not model.gram_teacher.training
+
+
+def test_config_loads_from_yaml_with_the_project_loader(tmp_path):
+    path = tmp_path / "pretrain.yaml"
+    path.write_text("vit:\n  size: small\n  drop_path_rate: 0.1\ndino_head:\n  n_prototypes: 1024\n")
+    config = load_config(SelfDistillationConfig, path, ["vit.depth=2"])
+    assert (config.vit.embed_dim, config.vit.depth, config.vit.drop_path_rate) == (384, 2, 0.1)
+    assert config.dino_head.n_prototypes == 1024 and config.ibot_head.n_prototypes == 65536
