@@ -124,4 +124,3 @@ def test_natural_image_weights_load_with_a_folded_patch_kernel():
     load_natural_image_weights(target, source.state_dict())
     assert torch.equal(target.patch_embed.proj.weight, source.patch_embed.proj.weight.sum(1, keepdim=True))
     assert torch.equal(target.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
-
