@@ -96,10 +96,15 @@ def build_dataset(index: ShardIndex, config: PretrainConfig, stage: StageConfig)
           .randomize_block_order()
           .select_columns(["npy"])  # __key__/__url__ are strings torch cannot batch (platform notes F8)
           .map_batches(_decode, batch_format="numpy"))
-    if config.data.augment_on == "ray_data":
-        ds = ds.map_batches(_CpuMultiCrop, fn_constructor_args=(stage.crops,), batch_format="numpy",
-                            batch_size=32, concurrency=1)
-    return ds
+    return with_augmentation(ds, config, stage)
+
+
+def with_augmentation(ds, config: PretrainConfig, stage: StageConfig):
+    """Append the CPU multi-crop to a stream of ``image`` rows when ``data.augment_on`` is ``ray_data``."""
+    if config.data.augment_on != "ray_data":
+        return ds
+    return ds.map_batches(_CpuMultiCrop, fn_constructor_args=(stage.crops,), batch_format="numpy",
+                          batch_size=32, concurrency=1)
 
 
 class BatchMaker:

@@ -1,0 +1,110 @@
+"""Images/s and data-wait fraction of the pretraining step on CPU (one gloo rank, FSDP2, the tiny config).
+
+    python benchmarks/train_step.py --out train_step.json [--manifest .local/ingest] [--steps 30]
+
+The step is ``StageTrainer.train_step`` (multi-crop, student + teacher, AdamW, EMA) fed through
+``worker_batches`` from a Ray Data stream, once with the batched augmentation in the worker
+(``data.augment_on: worker``) and once with the CPU form inside Ray Data (``ray_data``). With
+``--manifest`` the stream reads the ingested shards; without it, real ICBM152 2009c T1/T2 slices
+(2 mm, 96 px, the demo's ingest settings) preprocessed in memory. The data-wait fraction is the share of
+wall time the loop spent blocked on the next batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+# benchmarks/ingest.py would shadow the ingest package: import from the repo root, not this folder
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist
+
+from braindino.config import load_config
+from pipelines.train.config import PretrainConfig
+from pipelines.train.data import DataPosition, build_dataset, shard_index, with_augmentation, worker_batches
+from pipelines.train.loop import StagePlan, StageTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def memory_dataset(config: PretrainConfig):
+    import nibabel as nib
+    import ray.data
+
+    from braindino.catalogue import entry
+    from braindino.volumes import PreprocessSpec, preprocess
+
+    images = []
+    for name in ("icbm2009c_t1", "icbm2009c_t2"):
+        img = nib.load(str(entry(name).path))
+        _, kept = preprocess(np.asarray(img.dataobj, dtype=np.float32), img.affine,
+                             PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
+        images.extend(image for _, image, _ in kept)
+    ds = ray.data.from_numpy(np.stack(images)).map_batches(lambda b: {"image": b["data"]}, batch_format="numpy")
+    return ds.randomize_block_order()
+
+
+def measure(config: PretrainConfig, dataset, steps: int, warmup: int) -> dict:
+    spec = config.stage1
+    trainer = StageTrainer(StagePlan(config, "stage1", run_id="", tracking_uri=""), torch.device("cpu"), 0, 1)
+    position = DataPosition()
+    batches = worker_batches(dataset.iterator(), config, spec, position)
+    maker = trainer.batch_maker()
+    for step in range(warmup):
+        trainer.train_step(maker(next(batches)), step)
+    wait0, start = position.wait_seconds, time.perf_counter()
+    for step in range(warmup, warmup + steps):
+        trainer.train_step(maker(next(batches)), step)
+    elapsed = time.perf_counter() - start
+    crops = spec.crops
+    tokens = crops.n_global * (crops.global_size // 16) ** 2 + crops.n_local * (crops.local_size // 16) ** 2
+    images = steps * spec.batch_size_per_worker
+    return {"images_per_s": images / elapsed, "tokens_per_s": images * tokens / elapsed,
+            "step_s": elapsed / steps, "data_wait_fraction": (position.wait_seconds - wait0) / elapsed}
+
+
+def main() -> None:
+    import ray
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs/pretrain/tiny-cpu.yaml"))
+    parser.add_argument("--manifest", default="", help="an ingest output root; default: in-memory real slices")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=512 * 2**20)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    results = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU only",
+               "torch": torch.__version__, "config": args.config, "source": args.manifest or "in-memory ICBM152 slices"}
+    for mode in ("worker", "ray_data"):
+        config = load_config(PretrainConfig, args.config, [f"data.augment_on={mode}", "workers.num_workers=1",
+                                                           "data.shuffle_buffer=64", "data.manifest=" + (args.manifest or "in-memory")])
+        if args.manifest:
+            dataset = build_dataset(shard_index(args.manifest, config.data.store), config, config.stage1)
+        else:
+            dataset = with_augmentation(memory_dataset(config), config, config.stage1)
+        results[f"augment_on_{mode}"] = measure(config, dataset, args.steps, args.warmup)
+        print(mode, json.dumps(results[f"augment_on_{mode}"]), flush=True)
+    dist.destroy_process_group()
+    ray.shutdown()
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
