@@ -30,7 +30,7 @@ from ray.data import TaskPoolStrategy
 
 from braindino.volumes import PreprocessSpec
 from ingest.deid import pseudonym
-from ingest.manifest import Manifest, ManifestStore, next_tables, plan, unchanged_content
+from ingest.manifest import Manifest, ManifestStore, next_labels, next_tables, plan, unchanged_content
 from ingest.process import ScanResult, process_scan
 from ingest.qc import montage
 from ingest.readers.scan import ScanPolicy
@@ -146,7 +146,8 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
         row["shards"] = sorted(shards_of.get(row["volume_id"], ()))
         row["run_id"] = run_id
     scans, slices = next_tables(previous, scan_rows, [{k: r[k] for k in r if k != "bytes"} for r in slice_rows])
-    tables = store.write_tables(run_id, scans, slices)
+    labels = next_labels(previous, label_rows(specs, settings.storage))
+    tables = store.write_tables(run_id, {"scans": scans, "slices": slices, "labels": labels})
     if fault_hook:
         fault_hook("before_commit")
     licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
@@ -184,7 +185,6 @@ def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: M
         table = spec.load_sequence_table(storage)
         units = scan_units(spec, list_objects(spec.source, storage))
         seen += len(units)
-        namespace = spec.subject_namespace or spec.name
         for unit in plan(units, previous):
             try:
                 subject, session = spec.subject_of(unit.key)
@@ -196,12 +196,29 @@ def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: M
                 "key": unit.key,
                 "files": json.dumps([asdict(f) for f in unit.files]),
                 "scan_id": pseudonym(f"scan:{spec.name}/{unit.key}"),
-                "subject": pseudonym(f"subject:{namespace}/{subject}") if subject else "",
-                "session": pseudonym(f"session:{namespace}/{subject}/{session}") if session else "",
+                "subject": subject_pseudonym(spec, subject) if subject else "",
+                "session": subject_pseudonym(spec, f"{subject}/{session}", "session") if session else "",
                 "sequence": spec.sequence_of(unit.key, table),
                 "problem": problem,
             })
     return tasks, seen
+
+
+def subject_pseudonym(spec: DatasetSpec, identifier: str, kind: str = "subject") -> str:
+    """Keyed pseudonym of a subject (or ``subject/session``) within the spec's subject namespace."""
+    return pseudonym(f"{kind}:{spec.subject_namespace or spec.name}/{identifier}")
+
+
+def label_rows(specs: list[DatasetSpec], storage: ObjectStoreConfig) -> dict[str, list[dict[str, str]]]:
+    """The ``labels`` rows of every spec with a label table, keyed by dataset; subjects pseudonymised."""
+    labels = {}
+    for spec in specs:
+        if spec.label_table:
+            labels[spec.name] = [
+                {"dataset": spec.name, "subject": subject_pseudonym(spec, row["subject"]), "label": column, "value": value}
+                for row in spec.load_labels(storage) for column, value in row.items() if column != "subject"
+            ]
+    return labels
 
 
 def process_unit(task: dict[str, Any], settings: IngestSettings, specs: dict[str, DatasetSpec]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Layout under the output root::
 
     manifest/runs/<run_id>/scans.parquet     full tables as of that run (written first)
     manifest/runs/<run_id>/slices.parquet
+    manifest/runs/<run_id>/labels.parquet
     manifest/v000007.json                    the commit: names the run whose tables are current
 
 A run writes its zarr arrays, shards and tables, then the version file last; readers take the highest
@@ -77,6 +78,17 @@ SLICES_SCHEMA = pa.schema(
     metadata={"braindino.manifest.schema_version": str(SCHEMA_VERSION)},
 )
 
+LABELS_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("subject", pa.string()),  # keyed pseudonym, as in scans
+        ("label", pa.string()),  # the label table's column name
+        ("value", pa.string()),
+    ],
+    metadata={"braindino.manifest.schema_version": str(SCHEMA_VERSION)},
+)
+TABLES = {"scans": SCANS_SCHEMA, "slices": SLICES_SCHEMA, "labels": LABELS_SCHEMA}
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -84,11 +96,12 @@ class Manifest:
     run_id: str
     scans: pa.Table
     slices: pa.Table
+    labels: pa.Table
     datasets: dict[str, dict[str, str]]  # name -> {"licence", "citation"}
 
     @classmethod
     def empty(cls) -> Manifest:
-        return cls(0, "", SCANS_SCHEMA.empty_table(), SLICES_SCHEMA.empty_table(), {})
+        return cls(0, "", SCANS_SCHEMA.empty_table(), SLICES_SCHEMA.empty_table(), LABELS_SCHEMA.empty_table(), {})
 
     def current_scans(self) -> list[dict[str, Any]]:
         """The current row of every key (status ok or quarantined)."""
@@ -124,19 +137,22 @@ class ManifestStore:
                 f"{self.root}/manifest/v{versions[-1]:06d}.json has manifest schema {commit['schema_version']}; "
                 f"this code reads schema {SCHEMA_VERSION}"
             )
-        scans = pq.read_table(f"{self.root}/{commit['scans']}", filesystem=self.fs, schema=SCANS_SCHEMA)
-        slices = pq.read_table(f"{self.root}/{commit['slices']}", filesystem=self.fs, schema=SLICES_SCHEMA)
-        return Manifest(commit["version"], commit["run_id"], scans, slices, commit["datasets"])
+        tables = {name: pq.read_table(f"{self.root}/{commit['tables'][name]}", filesystem=self.fs, schema=schema)
+                  for name, schema in TABLES.items()}
+        return Manifest(commit["version"], commit["run_id"], datasets=commit["datasets"], **tables)
 
-    def write_tables(self, run_id: str, scans: pa.Table, slices: pa.Table) -> tuple[str, str]:
-        """Write a run's full tables (invisible until ``commit``); returns their relative paths."""
+    def write_tables(self, run_id: str, tables: dict[str, pa.Table]) -> dict[str, str]:
+        """Write a run's full ``scans``, ``slices`` and ``labels`` (invisible until ``commit``); returns
+        their paths relative to the root."""
         folder = f"manifest/runs/{run_id}"
         ensure_parent(self.fs, f"{self.root}/{folder}/scans.parquet")
-        pq.write_table(scans, f"{self.root}/{folder}/scans.parquet", filesystem=self.fs)
-        pq.write_table(slices, f"{self.root}/{folder}/slices.parquet", filesystem=self.fs)
-        return f"{folder}/scans.parquet", f"{folder}/slices.parquet"
+        paths = {}
+        for name in TABLES:
+            paths[name] = f"{folder}/{name}.parquet"
+            pq.write_table(tables[name], f"{self.root}/{paths[name]}", filesystem=self.fs)
+        return paths
 
-    def commit(self, previous: Manifest, run_id: str, tables: tuple[str, str], datasets: dict[str, dict[str, str]]) -> int:
+    def commit(self, previous: Manifest, run_id: str, tables: dict[str, str], datasets: dict[str, dict[str, str]]) -> int:
         """Make a run's tables current by writing the next version file; refuses if another run committed.
 
         ``datasets`` (name -> licence and citation) is merged into the previous version's.
@@ -149,7 +165,7 @@ class ManifestStore:
             )
         version = previous.version + 1
         record = {"version": version, "schema_version": SCHEMA_VERSION, "run_id": run_id,
-                  "scans": tables[0], "slices": tables[1], "datasets": {**previous.datasets, **datasets},
+                  "tables": tables, "datasets": {**previous.datasets, **datasets},
                   "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_bytes(self.fs, f"{self.root}/manifest/v{version:06d}.json", json.dumps(record, indent=1).encode())
         return version
@@ -193,6 +209,15 @@ def next_tables(manifest: Manifest, scan_rows: list[dict[str, Any]], slice_rows:
     fresh_ids = {r["volume_id"] for r in new.values()}
     fresh_slices = pa.Table.from_pylist([s for s in slice_rows if s["volume_id"] in fresh_ids], schema=SLICES_SCHEMA)
     return scans, pa.concat_tables([old, fresh_slices])
+
+
+def next_labels(manifest: Manifest, labels: dict[str, list[dict[str, str]]]) -> pa.Table:
+    """The previous labels with those of every dataset in ``labels`` (dataset -> rows) replaced."""
+    old = manifest.labels
+    if labels:
+        old = old.filter(pc.invert(pc.is_in(old["dataset"], pa.array(list(labels)))))
+    fresh = pa.Table.from_pylist([row for rows in labels.values() for row in rows], schema=LABELS_SCHEMA)
+    return pa.concat_tables([old, fresh])
 
 
 def unchanged_content(manifest: Manifest, scan_rows: list[dict[str, Any]]) -> set[str]:

@@ -5,7 +5,8 @@ matched relative to ``source`` with ``/`` separators. Globs use ``fnmatch`` rule
 ``/``). ``subject_pattern`` is a regex searched in the relative key whose named group ``subject``
 (and optional ``session``) name the person; single-subject datasets (templates) set ``subject``
 instead. Sequence: the sidecar table's entry for the key, else the first matching rule, else
-``default_sequence``. Subjects are pseudonymised within ``subject_namespace`` (default: the dataset
+``default_sequence``. An optional label table (one row per subject) lands in the manifest's ``labels``
+table with its subjects pseudonymised. Subjects are pseudonymised within ``subject_namespace`` (default: the dataset
 name); datasets that hold the same people (ICBM 2009a and 2009c) name one namespace. Files in one folder whose suffix is in ``dicom_suffixes`` form one series unit.
 """
 
@@ -43,6 +44,7 @@ class DatasetSpec:
     subject_pattern: str = r"^(?P<subject>[^/]+)/"
     sequence_rules: list[SequenceRule] = field(default_factory=list)
     sequence_table: str = ""  # optional CSV (s3:// or local) with columns key,sequence
+    label_table: str = ""  # optional CSV (s3:// or local): a subject column (as keys give it), then labels
     default_sequence: str = "unknown"
     dicom_suffixes: list[str] = field(default_factory=lambda: [".dcm", ".ima", ""])
 
@@ -86,11 +88,11 @@ class DatasetSpec:
         """The sidecar ``key -> sequence`` table, or {} when the spec names none."""
         if not self.sequence_table:
             return {}
-        rows = read_csv(self.sequence_table, storage)
-        missing = {"key", "sequence"} - set(rows[0] if rows else {})
-        if missing:
-            raise ValueError(f"{self.sequence_table}: sequence table needs columns key,sequence (missing {sorted(missing)})")
-        return {row["key"]: row["sequence"] for row in rows}
+        return {row["key"]: row["sequence"] for row in read_csv(self.sequence_table, storage, ("key", "sequence"))}
+
+    def load_labels(self, storage: ObjectStoreConfig) -> list[dict[str, str]]:
+        """The label table's rows (raw subject ids: pseudonymise before they leave the job), or []."""
+        return read_csv(self.label_table, storage, ("subject",)) if self.label_table else []
 
     def _compile(self, pattern: str, what: str) -> re.Pattern:
         try:
@@ -99,12 +101,16 @@ class DatasetSpec:
             raise ValueError(f"dataset {self.name}: {what} {pattern!r} is not a valid regex: {err}") from err
 
 
-def read_csv(uri: str, storage: ObjectStoreConfig) -> list[dict[str, str]]:
-    """Rows of a small CSV table stored on S3 or local disk."""
+def read_csv(uri: str, storage: ObjectStoreConfig, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a small CSV table stored on S3 or local disk, which must have the ``required`` columns."""
     fs, path = storage.resolve(uri)
     with fs.open_input_stream(path) as stream:
-        text = stream.read().decode("utf-8")
-    return list(csv.DictReader(io.StringIO(text)))
+        reader = csv.DictReader(io.StringIO(stream.read().decode("utf-8")))
+        rows = list(reader)
+    missing = sorted(set(required) - set(reader.fieldnames or ()))
+    if missing:
+        raise ValueError(f"{uri}: table needs the columns {list(required)} (missing {missing})")
+    return rows
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DatasetSpec:

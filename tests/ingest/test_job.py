@@ -40,6 +40,7 @@ licence: "test fixture built from ICBM152 2009c (MNI notice)"
 citation: "Fonov et al. 2011"
 subject_pattern: "^sub-(?P<subject>[^/]+)/(ses-(?P<session>[^/]+)/)?"
 sequence_rules: [{{pattern: "T1w|dicom", sequence: T1w}}]
+label_table: s3://{bucket}/tables/lab_participants.csv
 """
 GOOD = {
     ("icbm152", "icbm2009c_t1/mni_icbm152_t1_tal_nlin_sym_09c.nii"),
@@ -85,6 +86,7 @@ def plant_lab(store, bucket: str, t1_small, dicom_series, make_nifti) -> None:
     client = store.boto3_client()
     for key, body in files.items():
         client.put_object(Bucket=bucket, Key=f"raw/lab/{key}", Body=body)
+    client.put_object(Bucket=bucket, Key="tables/lab_participants.csv", Body=b"subject,age,group\n01,34,control\n02,71,AD\n")
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +172,14 @@ def test_good_scans_land_and_each_bad_one_is_quarantined_with_its_reason(world, 
     assert report.scans_ok == len(good_keys(world)) and report.by_reason() == dict(sorted(Counter(BAD.values()).items()))
     dicom = rows[("lab", "sub-01/ses-1/dicom/")]
     assert dicom["sequence"] == "T1w" and dicom["session"] and dicom["subject"] != "01"
+
+
+def test_the_label_table_lands_with_the_same_subject_pseudonyms_as_the_scans(world, killed_then_rerun):
+    manifest = latest(world)
+    subject = {r["source_key"]: r["subject"] for r in manifest.scans.to_pylist() if r["dataset"] == "lab"}
+    labels = {(r["subject"], r["label"]): r["value"] for r in manifest.labels.to_pylist() if r["dataset"] == "lab"}
+    assert labels == {(subject["sub-01/ses-1/dicom/"], "age"): "34", (subject["sub-01/ses-1/dicom/"], "group"): "control",
+                      (subject["sub-02/anat/sub-02_T1w.nii.gz"], "age"): "71", (subject["sub-02/anat/sub-02_T1w.nii.gz"], "group"): "AD"}
 
 
 def test_slice_counts_shards_and_zarr_agree_with_the_manifest(world, committed_samples):

@@ -7,7 +7,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from ingest.manifest import SCANS_SCHEMA, SLICES_SCHEMA, Manifest, ManifestStore, next_tables, plan, unchanged_content
+from ingest.manifest import (LABELS_SCHEMA, SCANS_SCHEMA, SLICES_SCHEMA, Manifest, ManifestStore, next_labels,
+                             next_tables, plan, unchanged_content)
 from ingest.sources import ScanUnit, SourceObject
 from ingest.storage import ObjectStoreConfig
 
@@ -34,7 +35,7 @@ def slice_rows(row: dict) -> list[dict]:
 def manifest_of(rows: list[dict]) -> Manifest:
     slices = [s for r in rows for s in slice_rows(r)]
     return Manifest(1, "r", pa.Table.from_pylist(rows, schema=SCANS_SCHEMA),
-                    pa.Table.from_pylist(slices, schema=SLICES_SCHEMA), {})
+                    pa.Table.from_pylist(slices, schema=SLICES_SCHEMA), LABELS_SCHEMA.empty_table(), {})
 
 
 def test_only_new_or_changed_units_are_planned():
@@ -72,7 +73,7 @@ def test_a_quarantined_key_that_is_fixed_supersedes_its_quarantine_row():
     fixed = scan_row("a.nii", "e2", "d2")
     scans, _ = next_tables(manifest, [fixed], slice_rows(fixed))
     assert [r["status"] for r in scans.to_pylist()] == ["superseded", "ok"]
-    assert Manifest(2, "r2", scans, manifest.slices, {}).current_scans()[0]["content_digest"] == "d2"
+    assert Manifest(2, "r2", scans, manifest.slices, manifest.labels, {}).current_scans()[0]["content_digest"] == "d2"
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -82,7 +83,7 @@ def test_tables_stay_invisible_until_the_version_file_is_committed(where, tmp_pa
     assert store.latest().version == 0
 
     first = manifest_of([scan_row("a.nii", "e1", "d1")])
-    tables = store.write_tables("run-1", first.scans, first.slices)
+    tables = store.write_tables("run-1", {"scans": first.scans, "slices": first.slices, "labels": first.labels})
     assert store.latest().version == 0 and store.versions() == []  # written, not committed: invisible
 
     assert store.commit(Manifest.empty(), "run-1", tables, {"ds": {"licence": "CC0", "citation": "x"}}) == 1
@@ -91,10 +92,19 @@ def test_tables_stay_invisible_until_the_version_file_is_committed(where, tmp_pa
     assert latest.datasets == {"ds": {"licence": "CC0", "citation": "x"}}
     assert latest.scans.schema.metadata[b"braindino.manifest.schema_version"] == b"1"
 
-    stale = store.write_tables("run-2", first.scans, first.slices)
+    stale = store.write_tables("run-2", {"scans": first.scans, "slices": first.slices, "labels": first.labels})
     with pytest.raises(RuntimeError, match="another ingest wrote to this output root"):
         store.commit(Manifest.empty(), "run-2", stale, {})
     assert store.versions() == [1]
+
+
+def test_a_dataset_s_labels_are_replaced_as_a_whole_and_others_are_kept():
+    manifest = manifest_of([])
+    first = next_labels(manifest, {"a": [{"dataset": "a", "subject": "p1", "label": "age", "value": "31"}],
+                                   "b": [{"dataset": "b", "subject": "p2", "label": "dx", "value": "AD"}]})
+    manifest = Manifest(2, "r", manifest.scans, manifest.slices, first, {})
+    second = next_labels(manifest, {"a": [{"dataset": "a", "subject": "p1", "label": "age", "value": "32"}]})
+    assert sorted((r["dataset"], r["value"]) for r in second.to_pylist()) == [("a", "32"), ("b", "AD")]
 
 
 def test_a_manifest_from_another_schema_version_is_refused_by_name(tmp_path):

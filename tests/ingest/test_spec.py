@@ -66,6 +66,17 @@ def test_the_sidecar_table_wins_over_rules_then_the_default(tmp_path):
     assert spec.sequence_of("sub-2/dwi/sub-2_dwi.nii.gz", loaded) == "other"
 
 
+def test_a_label_table_needs_a_subject_column(tmp_path):
+    from ingest.storage import ObjectStoreConfig
+
+    table = tmp_path / "participants.csv"
+    table.write_text("participant,age\n007,31\n")
+    with pytest.raises(ValueError, match=r"participants.csv: table needs the columns \['subject'\]"):
+        bids_like(label_table=str(table)).load_labels(ObjectStoreConfig())
+    table.write_text("subject,age\n007,31\n")
+    assert bids_like(label_table=str(table)).load_labels(ObjectStoreConfig()) == [{"subject": "007", "age": "31"}]
+
+
 def test_dicom_suffixes_mark_series_files():
     spec = bids_like()
     assert spec.is_dicom("sub-1/dicom/series7/IM0001.dcm") and spec.is_dicom("sub-1/dicom/series7/IM0002")
