@@ -111,6 +111,11 @@ class Manifest:
         """The slices training may use: those of scans that are ok and not superseded."""
         return self.slices.filter(self.slices["active"])
 
+    def inactive_sample_keys(self) -> set[str]:
+        """Samples of superseded scans: they stay inside shards that also hold active samples, so a
+        reader of ``active_slices()``'s shards drops these ``__key__``s (usually a short list)."""
+        return set(self.slices.filter(pc.invert(self.slices["active"]))["sample_key"].to_pylist())
+
 
 class ManifestStore:
     """Reads the latest committed manifest under ``root`` and commits new versions."""

@@ -57,6 +57,8 @@ def test_a_changed_object_supersedes_its_old_row_and_slices():
     active = slices.filter(slices["active"]).to_pylist()
     assert sorted(s["volume_id"] for s in active) == [new["volume_id"]] * 3 + [f"id-c.nii-d3"] * 2
     assert slices.num_rows == 2 + 2 + 3  # history is kept, inactive
+    after = Manifest(2, "r2", scans, slices, manifest.labels, {})
+    assert after.inactive_sample_keys() == {s["sample_key"] for s in slice_rows(old)}
 
 
 def test_the_same_content_under_a_new_etag_only_updates_the_ledger():
