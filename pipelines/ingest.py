@@ -50,12 +50,23 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
 
 
 def connect_ray(num_cpus: int) -> None:
-    """Attach to the cluster in RAY_ADDRESS (``ray job submit``), else start a local Ray."""
+    """Attach to the cluster in RAY_ADDRESS (``ray job submit`` sets it), else start a local Ray.
+
+    A RAY_ADDRESS that is a dashboard URL (what job-submission clients use, e.g. the demo's head) is
+    not a driver address: the driver then attaches to the cluster running on this machine.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):
+        os.environ.pop("RAY_ADDRESS")
+        try:
+            ray.init(address="auto")
+        finally:
+            os.environ["RAY_ADDRESS"] = address
+    elif address:
         ray.init()
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
