@@ -316,7 +316,7 @@ def write_shard_block(batch: dict[str, np.ndarray], settings: IngestSettings, ru
             "active": np.ones(len(keys), dtype=bool)}
 
 
-def write_shards(processed, skip: set[str], settings: IngestSettings, run_id: str) -> list[dict[str, Any]]:
+def write_shards(processed: ray.data.Dataset, skip: set[str], settings: IngestSettings, run_id: str) -> list[dict[str, Any]]:
     """Shuffle every new slice globally (seeded), write shards of ``shard_size``; returns slice rows."""
     written = (
         processed.flat_map(explode_slices, fn_kwargs={"skip": skip, "slice_size": settings.preprocess.slice_size})
