@@ -83,6 +83,25 @@ def fit_stage(config: PretrainConfig, stage: str, index: ShardIndex, plan: Stage
     return trainer.fit()
 
 
+def finished_stage(config: PretrainConfig, stage: str, recorded: str | None):
+    """The recorded checkpoint of ``stage`` when it holds the stage's final step, else None."""
+    from ray.train import Checkpoint
+
+    from pipelines.train.checkpoint import TrainState
+
+    if not recorded:
+        return None
+    _, storage_fs = _storage(config)
+    checkpoint = Checkpoint(recorded, filesystem=storage_fs) if storage_fs is not None else Checkpoint(recorded)
+    try:
+        with checkpoint.as_directory() as directory:
+            state = TrainState.read(directory)
+    except (FileNotFoundError, OSError):
+        return None
+    end = config.first_step(stage) + config.stage(stage).iterations
+    return checkpoint if state.stage == stage and state.step >= end and not state.diverged else None
+
+
 def _start_tracking(config: PretrainConfig, index: ShardIndex) -> tuple[str, str]:
     """Open (or reopen, for a rerun of the same ``name``) the MLflow run; returns (tracking URI, run id)."""
     import mlflow
@@ -124,6 +143,12 @@ def run(config: PretrainConfig) -> PretrainResult:
     checkpoints: dict[str, object] = {}
     final_step = 0
     for stage in config.stages():
+        done = finished_stage(config, stage, client.get_run(run_id).data.tags.get(f"checkpoint.{stage}"))
+        if done is not None:  # a rerun of this name: the stage completed before, reuse its recorded checkpoint
+            print(f"[pretrain] {stage} already complete: {done.path}", flush=True)
+            checkpoints[stage] = done
+            final_step = config.first_step(stage) + config.stage(stage).iterations
+            continue
         plan = StagePlan(config, stage, run_id, uri, probe, init_from=checkpoints.get("stage1"))
         result = fit_stage(config, stage, index, plan)
         if result.checkpoint is None:
@@ -153,6 +178,34 @@ def run(config: PretrainConfig) -> PretrainResult:
     client.set_tag(run_id, "braindino.status", "finished")
     client.set_terminated(run_id, "FINISHED")
     return outcome
+
+
+def submit(address: str, config_file: str | Path, overrides: list[str], tracking_uri: str, name: str) -> str:
+    """``ray job submit`` this driver to the cluster at ``address`` (its dashboard URL); returns the MLflow run id.
+
+    The repository is the job's working directory (without .git, .venv, .local).
+    """
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    repo = Path(__file__).resolve().parents[1]
+    ray = Path(sys.executable).parent / "ray"
+    excludes = '{"excludes": [".git", ".venv", ".local", ".devcarry", ".pytest_cache", "*.egg-info"]}'
+    command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address,
+               "--working-dir", str(repo), "--runtime-env-json", excludes, "--",
+               sys.executable, "pipelines/pretrain.py", "--config", str(config_file), "--set", f"name={name}",
+               *(item for override in overrides for item in ("--set", override))]
+    print("[pretrain] " + " ".join(command[:9]) + " ... -- python pipelines/pretrain.py --config " + str(config_file),
+          flush=True)
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    subprocess.run(command, check=True, env=env)
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              f"tags.`braindino.run_name` = '{name}'", max_results=1)
+    if not runs:
+        raise RuntimeError(f"the job finished but no MLflow run is tagged braindino.run_name={name} at {tracking_uri}")
+    return runs[0].info.run_id
 
 
 def main(argv=None) -> None:

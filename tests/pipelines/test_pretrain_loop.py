@@ -62,7 +62,8 @@ class InMemoryShard:
 
 
 def _trainer(tmp_path, *overrides) -> tuple[StageTrainer, list]:
-    config = load_config(PretrainConfig, TINY, ["workers.num_workers=1", "checkpoint.every=3", *overrides])
+    config = load_config(PretrainConfig, TINY, ["workers.num_workers=1", "checkpoint.every=3", "data.augment_on=worker",
+                                               *overrides])
     trainer = StageTrainer(StagePlan(config, "stage1", run_id="", tracking_uri=""), torch.device("cpu"), 0, 1)
     reports = []
 
