@@ -24,12 +24,13 @@ class DemoConfig:
         "heudiconv": ["heudiconv_dwi"],
     })
     ingest_config: Path = Path("configs/ingest.yaml")  # its datasets: configs/datasets/<name>.yaml
+    pretrain_config: Path = Path("configs/pretrain/tiny-cpu.yaml")  # both stages, a few minutes on two cores
 
 
 def run(config: DemoConfig) -> None:
     for item in missing_entries(config.datasets):
         print(f"[demo] skipping {item.name}: its source is not installed ({item.install_hint})")
-    with local_stack(config.workdir) as stack:
+    with local_stack(config.workdir, with_ray_head=True) as stack:
         print(f"[demo] S3 on {stack.store.endpoint_url}; MLflow at {stack.mlflow.tracking_uri}")
         create_bucket(stack.store, config.bucket)
         uploaded = upload_bundled(stack.store, config.bucket, config.datasets)
@@ -37,6 +38,7 @@ def run(config: DemoConfig) -> None:
         for dataset, keys in uploaded.items():
             print(f"  {dataset}: {len(keys)} objects")
         run_ingest_stage(config, stack)
+        run_pretrain_stage(config, stack)
         print(f"[demo] MLflow UI: {stack.mlflow.ui_command()}")
 
 
@@ -57,6 +59,25 @@ def run_ingest_stage(config: DemoConfig, stack: LocalStack) -> None:
     print(f"[demo] shards:   {output}/shards/  zarr volumes: {output}/zarr/")
     for dataset, path in report.qc.items():
         print(f"[demo] QC montage ({dataset}): {path}")
+
+
+def run_pretrain_stage(config: DemoConfig, stack: LocalStack) -> None:
+    """``ray job submit`` the tiny two-stage pretraining to the local head; the job registers the encoder."""
+    import time
+
+    from pipelines.pretrain import submit
+
+    name = time.strftime("demo-%Y%m%d-%H%M%S")
+    print(f"[demo] pretraining {config.pretrain_config} on the Ray head {stack.ray_dashboard} (dashboard there)")
+    run_id = submit(stack.ray_dashboard, config.pretrain_config, [
+        f"data.manifest={(config.workdir / 'ingest').resolve()}",
+        f"tracking.tracking_uri={stack.mlflow.tracking_uri}", f"tracking.artifact_root={stack.mlflow.artifact_root}",
+        f"checkpoint.storage_path={(config.workdir / 'ray_results').resolve()}",
+    ], stack.mlflow.tracking_uri, name)
+    print(f"[demo] pretraining run {name}: open http://127.0.0.1:5000 -> experiment braindino-pretrain -> run {run_id}")
+    print("[demo]   metrics (loss terms, lr, feature std, images/s, knn_probe_accuracy), artifacts pca/*.png")
+    print("[demo] encoder registered as models:/braindino-encoder@candidate; promote with "
+          "'braindino register promote --version N'")
 
 
 def main(argv=None) -> None:
