@@ -46,7 +46,14 @@ def connect_ray() -> None:
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):  # a dashboard URL (job clients): the cluster on this machine
+        os.environ.pop("RAY_ADDRESS")
+        try:
+            ray.init(address="auto")
+        finally:
+            os.environ["RAY_ADDRESS"] = address
+    elif address:
         ray.init()
     else:
         ray.init(address="local", include_dashboard=False, configure_logging=False)
