@@ -216,7 +216,7 @@ def submit(address: str, config_file: str | Path, overrides: list[str], tracking
 
 
 def main(argv=None) -> None:
-    args = job_parser("braindino pretrain", __doc__).parse_args(argv)
+    args = job_parser("braindino pretrain", __doc__.splitlines()[0]).parse_args(argv)
     config = load_job_config(PretrainConfig, args)
     try:
         run(config)
