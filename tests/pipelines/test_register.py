@@ -1,0 +1,84 @@
+"""Registration without Ray: a distributed checkpoint -> safetensors encoder -> MLflow registry, then promotion."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import torch.distributed as dist
+from mlflow.tracking import MlflowClient
+
+from braindino.config import load_config
+from braindino.features import Encoder
+from braindino.models.vit import VisionTransformer
+from pipelines.register import export_encoder, main as register_main, register_run
+from pipelines.train.checkpoint import TrainState, save_checkpoint
+from pipelines.train.config import PretrainConfig
+from pipelines.train.loop import build_model
+
+pytestmark = pytest.mark.timeout(300)
+TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A one-rank distributed checkpoint of the tiny model whose teacher differs from its initialisation."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        config = load_config(PretrainConfig, TINY)
+        torch.manual_seed(0)
+        model = build_model(config, "stage1")
+        with torch.no_grad():
+            for p in model.teacher.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        save_checkpoint(tmp_path / "ckpt", model, None, TrainState(stage="stage2", step=42))
+        teacher = {k: v.clone() for k, v in model.teacher.backbone.state_dict().items()}
+    finally:
+        dist.destroy_process_group()
+    return config, tmp_path / "ckpt", teacher
+
+
+def test_export_writes_the_teacher_backbone_as_safetensors_with_its_specs(tmp_path, checkpoint):
+    config, directory, teacher = checkpoint
+    weights = export_encoder(directory, config, tmp_path / "export")
+    encoder = Encoder.from_checkpoint(weights)
+    for key, value in encoder.backbone.state_dict().items():
+        assert torch.equal(value, teacher[key]), key
+    assert json.loads((tmp_path / "export" / "preprocess.json").read_text())["slice_size"] == 256
+    assert json.loads(weights.with_suffix(".json").read_text())["vit"]["size"] == "micro"
+
+
+def test_register_sets_candidate_with_a_model_card_and_promote_sets_champion(checkpoint, mlflow_local):
+    config, directory, teacher = checkpoint
+    mlflow.create_experiment("braindino-pretrain", artifact_location=f"{mlflow_local.artifact_root}/pretrain")
+    client = MlflowClient(mlflow_local.tracking_uri)
+    experiment = client.get_experiment_by_name("braindino-pretrain").experiment_id
+    run = client.create_run(experiment, tags={
+        "data.manifest": "s3://bucket/ingest", "data.manifest_version": "3", "data.manifest_digest": "ab" * 32,
+        "data.summary": json.dumps({"slices": 384, "datasets": {"icbm152": 2}}), "git.commit": "0" * 40})
+    client.log_metric(run.info.run_id, "knn_probe_accuracy", 0.875, step=42)
+    version = register_run(config, directory, run.info.run_id, mlflow_local.tracking_uri)
+    registered = client.get_model_version_by_alias("braindino-encoder", "candidate")
+    assert str(registered.version) == version and registered.run_id == run.info.run_id
+    card = registered.description
+    for fact in ("ViT `micro`", "MNI ICBM152 templates", "0.875", "Research only", "not for clinical",
+                 "ab" * 32, "stage 2"):
+        assert fact in card, fact
+    assert registered.tags["intended_use"] == "research, not clinical"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("braindino-encoder", "champion")
+    register_main(["promote", "--version", version, "--tracking-uri", mlflow_local.tracking_uri])
+    assert str(client.get_model_version_by_alias("braindino-encoder", "champion").version) == version
+    served = mlflow.pyfunc.load_model("models:/braindino-encoder@champion")
+    slices = torch.randn(2, 1, 32, 32)
+    backbone = VisionTransformer(config.model.vit()).eval()
+    backbone.load_state_dict(teacher)
+    with torch.no_grad():
+        assert torch.equal(torch.from_numpy(served.predict(slices.numpy())), backbone(slices).cls)
