@@ -80,11 +80,12 @@ class IsolatedRayHead(LocalRayHead):
         subprocess.run([str(ray), *args], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
-def test_ray_job_submit_trains_both_stages_and_registers_the_encoder(tmp_path, tiny_overrides, capfd):
+def test_ray_job_submit_trains_both_stages_and_registers_the_encoder(tmp_path, tiny_overrides, object_store, capfd):
     from pipelines.pretrain import submit
 
     overrides = [*tiny_overrides(tmp_path), "stage1.iterations=12", "stage2.iterations=4", "checkpoint.every=6",
-                 "eval.every=6", "data.augment_on=worker"]  # the other tests cover ray_data
+                 "eval.every=6", "data.augment_on=worker",  # the other tests cover ray_data
+                 "checkpoint.storage_path=s3://pretrain-data/job-submit/ray_results"]  # checkpoints in object storage
     uri = next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.tracking_uri="))
     head = IsolatedRayHead()
     try:
@@ -101,3 +102,8 @@ def test_ray_job_submit_trains_both_stages_and_registers_the_encoder(tmp_path, t
     assert max(m.step for m in history) == 12 + 4 - 1
     version = client.get_model_version_by_alias("braindino-encoder", "candidate")
     assert version.run_id == run_id
+    stage2 = run.data.tags["checkpoint.stage2"]
+    assert stage2.startswith("pretrain-data/job-submit/ray_results/job-submit-stage2/checkpoint_")
+    listed = object_store.boto3_client().list_objects_v2(Bucket="pretrain-data", Prefix=stage2.split("/", 1)[1])
+    names = {item["Key"].rsplit("/", 1)[-1] for item in listed.get("Contents", [])}
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.json"} <= names
