@@ -39,7 +39,7 @@ from ingest.spec import DatasetSpec
 from ingest.storage import ObjectStoreConfig
 from ingest.writers.files import write_bytes
 from ingest.writers.shards import SAMPLE_FORMAT_VERSION, sample_key, shard_name, write_shard
-from ingest.writers.zarr_store import open_root, read_axial_slice, write_volume
+from ingest.writers.zarr_store import open_root, prepare_root, read_axial_slice, write_volume
 
 INGEST_VERSION = 1
 QC_TILES_PER_DATASET = 24
@@ -129,6 +129,7 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
         report.seconds = time.monotonic() - started
         return report
 
+    prepare_root(settings.output, settings.storage, sorted({task["dataset"] for task in tasks}))
     processed = (
         ray.data.from_items(tasks, override_num_blocks=len(tasks))
         .map(process_unit, fn_kwargs={"settings": settings, "specs": {s.name: s for s in specs}},
@@ -234,7 +235,7 @@ def process_unit(task: dict[str, Any], settings: IngestSettings, specs: dict[str
         result = process_scan(read_payload(spec.source, unit, settings.storage), settings.preprocess, settings.policy)
     row = scan_row(task, unit, result)
     if result.ok:
-        root = open_root(settings.output, settings.storage)
+        root = open_root(settings.output, settings.storage, mode="r+")
         row["zarr_path"] = write_volume(root, spec.name, row["volume_id"], result.volume, zarr_attrs(row, result))
     images = np.stack([s[1] for s in result.slices]) if result.slices else np.zeros((0, 0, 0))
     return {

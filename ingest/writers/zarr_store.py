@@ -36,10 +36,22 @@ def open_root(output: str, storage: ObjectStoreConfig, mode: str = "a") -> zarr.
     return zarr.open_group(store=store, mode=mode)
 
 
+def prepare_root(output: str, storage: ObjectStoreConfig, datasets: list[str]) -> None:
+    """Create the root and one group per dataset, once, before parallel writers open the store.
+
+    Creating groups is not atomic: two workers that both find a group missing race to create it and
+    one fails. Writers therefore only add arrays to groups that already exist.
+    """
+    root = open_root(output, storage)
+    for dataset in datasets:
+        root.require_group(dataset)
+
+
 def write_volume(root: zarr.Group, dataset: str, volume_id: str, volume: CanonicalVolume, attrs: dict[str, Any]) -> str:
     """Store ``volume`` as ``<dataset>/<volume_id>`` with its geometry and ``attrs``; returns the path
-    relative to the output root (the manifest's ``zarr_path``)."""
-    group = root.require_group(dataset)
+    relative to the output root (the manifest's ``zarr_path``). The dataset group must exist
+    (``prepare_root``)."""
+    group = root[dataset]
     nx, ny, _ = volume.shape
     array = group.create_array(volume_id, shape=volume.shape, dtype="float32", chunks=(nx, ny, 1), shards=volume.shape, overwrite=True)
     array[...] = volume.data

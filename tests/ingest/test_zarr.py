@@ -9,7 +9,7 @@ import zarr
 from braindino.volumes import PreprocessSpec
 from ingest.process import process_scan
 from ingest.storage import ObjectStoreConfig
-from ingest.writers.zarr_store import open_root, read_axial_slice, write_volume
+from ingest.writers.zarr_store import open_root, prepare_root, read_axial_slice, write_volume
 
 SPEC = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
 
@@ -24,7 +24,8 @@ def t2_volume(real_file, payload_of):
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_slice_reads_back_exactly_from_its_own_chunk(where, t2_volume, tmp_path, object_store, bucket):
     output, storage = (str(tmp_path), ObjectStoreConfig()) if where == "local" else (f"s3://{bucket}/out", object_store)
-    path = write_volume(open_root(output, storage), "icbm152", "abc-123", t2_volume, {"sequence": "T2w", "subject": "p1"})
+    prepare_root(output, storage, ["icbm152"])
+    path = write_volume(open_root(output, storage, mode="r+"), "icbm152", "abc-123", t2_volume, {"sequence": "T2w", "subject": "p1"})
     assert path == "zarr/icbm152/abc-123"
 
     root = open_root(output, storage, mode="r")
@@ -41,6 +42,7 @@ def test_a_slice_reads_back_exactly_from_its_own_chunk(where, t2_volume, tmp_pat
 
 
 def test_reading_one_slice_fetches_only_that_chunk_by_byte_range(t2_volume, tmp_path):
+    prepare_root(str(tmp_path), ObjectStoreConfig(), ["icbm152"])
     write_volume(open_root(str(tmp_path), ObjectStoreConfig()), "icbm152", "v", t2_volume, {})
     requests = []
 
@@ -57,3 +59,20 @@ def test_reading_one_slice_fetches_only_that_chunk_by_byte_range(t2_volume, tmp_
     ranged = [r.end - r.start for r in data_reads if hasattr(r, "end")]
     nx, ny, _ = t2_volume.shape
     assert ranged and max(ranged) <= nx * ny * 4 + 64
+
+
+def test_parallel_writers_into_a_prepared_root_all_land(t2_volume, object_store, bucket):
+    """Workers never create groups, so many of them writing at once into a fresh store cannot race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    output = f"s3://{bucket}/out"
+    prepare_root(output, object_store, ["a", "b"])
+
+    def write(i):
+        return write_volume(open_root(output, object_store, mode="r+"), "ab"[i % 2], f"v{i}", t2_volume, {})
+
+    with ThreadPoolExecutor(6) as pool:
+        paths = list(pool.map(write, range(6)))
+    root = open_root(output, object_store, mode="r")
+    assert sorted(paths) == sorted(f"zarr/{'ab'[i % 2]}/v{i}" for i in range(6))
+    assert all(root[p.removeprefix("zarr/")].shape == t2_volume.shape for p in paths)
