@@ -39,6 +39,7 @@ class ShardIndex:
     shards: tuple[str, ...]  # paths within the filesystem ``store.resolve(root)`` returns
     n_slices: int
     scans: tuple[dict, ...]  # (dataset, sequence, subject, slices_kept) per ok scan
+    inactive_keys: frozenset[str] = frozenset()  # superseded samples still inside listed shards: skipped
 
     def datasets(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -66,11 +67,17 @@ def shard_index(root: str, store: ObjectStoreConfig) -> ShardIndex:
     scans = tuple({k: row[k] for k in ("dataset", "sequence", "subject", "slices_kept")}
                   for row in manifest.current_scans() if row["status"] == "ok")
     return ShardIndex(root=root, version=manifest.version, digest=digest.hexdigest(),
-                      shards=tuple(f"{manifests.root}/{s}" for s in shards), n_slices=slices.num_rows, scans=scans)
+                      shards=tuple(f"{manifests.root}/{s}" for s in shards), n_slices=slices.num_rows, scans=scans,
+                      inactive_keys=frozenset(manifest.inactive_sample_keys()))
 
 
 def _decode(batch: dict) -> dict:
     return {"image": np.asarray(batch["npy"], dtype=np.float32)}
+
+
+def _drop_keys(batch: dict, keys: list[str]) -> dict:
+    keep = ~np.isin(np.asarray(batch["__key__"]).astype(str), keys)
+    return {name: np.asarray(column)[keep] for name, column in batch.items()}
 
 
 class _CpuMultiCrop:
@@ -92,9 +99,10 @@ def build_dataset(index: ShardIndex, config: PretrainConfig, stage: StageConfig)
     import ray.data
 
     fs, _ = config.data.store.resolve(index.root)
-    ds = (ray.data.read_webdataset(list(index.shards), filesystem=fs)
-          .randomize_block_order()
-          .select_columns(["npy"])  # __key__/__url__ are strings torch cannot batch (platform notes F8)
+    ds = ray.data.read_webdataset(list(index.shards), filesystem=fs).randomize_block_order()
+    if index.inactive_keys:  # samples of superseded scans share shards with active ones
+        ds = ds.map_batches(_drop_keys, fn_args=(sorted(index.inactive_keys),), batch_format="numpy")
+    ds = (ds.select_columns(["npy"])  # __key__/__url__ are strings torch cannot batch (platform notes F8)
           .map_batches(_decode, batch_format="numpy"))
     return with_augmentation(ds, config, stage)
 
@@ -209,6 +217,8 @@ def probe_set(index: ShardIndex, store: ObjectStoreConfig, per_class: int, max_c
     chosen: dict[str, list[tuple[str, np.ndarray, dict]]] = {}
     for shard in index.shards:
         for key, image, record in read_shard(fs, shard):
+            if key in index.inactive_keys:
+                continue
             sequence = record.get("sequence") or "unknown"
             bucket = chosen.setdefault(sequence, []) if len(chosen) < max_classes or sequence in chosen else None
             if bucket is not None and len(bucket) < per_class:
