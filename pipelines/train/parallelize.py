@@ -6,8 +6,11 @@ them and the EMA update stays rank-local (``braindino.ssl.teacher.ema_update`` w
 
 Sharding units: each transformer block, then each module the objective calls directly (the backbone
 and the two heads). ``SelfDistillation`` calls ``student.backbone`` and ``student.dino_head`` rather
-than ``student.forward``, so those are the FSDP roots. Every unit reshards after its forward: the
-teachers never run a backward that would reshard them (platform notes F3).
+than ``student.forward``, so those are the FSDP roots. Blocks reshard after their forward and gather
+again for backward. The student's roots keep their parameters gathered until their backward: on an
+H200 (torch 2.11, NCCL) resharding them after forward freed storage that their backward still read
+("tensor ... data is not allocated yet"). The teachers never run a backward, so their roots reshard
+after forward (platform notes F3).
 """
 
 from __future__ import annotations
@@ -53,5 +56,5 @@ def parallelize(network: nn.Module, mesh: DeviceMesh, config: ParallelConfig, *,
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
     roots = [backbone] if network is backbone else [backbone, network.dino_head, network.ibot_head]
     for module in roots:
-        fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
+        fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=not trainable)
     return network
