@@ -8,7 +8,7 @@ from pathlib import Path
 
 from braindino.config import load_config
 from infra.local.bundled import missing_entries, upload_bundled
-from infra.local.services import LocalStack, create_bucket, local_stack
+from infra.local.services import LocalStack, create_bucket, local_ray_head, local_stack
 from pipelines.ingest import IngestConfig, ingest
 from pipelines.jobs import run_job
 from pipelines.tracking import TrackingConfig
@@ -30,15 +30,16 @@ class DemoConfig:
 def run(config: DemoConfig) -> None:
     for item in missing_entries(config.datasets):
         print(f"[demo] skipping {item.name}: its source is not installed ({item.install_hint})")
-    with local_stack(config.workdir, with_ray_head=True) as stack:
+    with local_stack(config.workdir) as stack:
         print(f"[demo] S3 on {stack.store.endpoint_url}; MLflow at {stack.mlflow.tracking_uri}")
         create_bucket(stack.store, config.bucket)
         uploaded = upload_bundled(stack.store, config.bucket, config.datasets)
         print(f"[demo] uploaded bundled real MRI to s3://{config.bucket}/raw/")
         for dataset, keys in uploaded.items():
             print(f"  {dataset}: {len(keys)} objects")
-        run_ingest_stage(config, stack)
-        run_pretrain_stage(config, stack)
+        run_ingest_stage(config, stack)  # a local Ray inside this process
+        with local_ray_head() as dashboard:  # the cluster that `ray job submit` targets
+            run_pretrain_stage(config, stack, dashboard)
         print(f"[demo] MLflow UI: {stack.mlflow.ui_command()}")
 
 
@@ -61,15 +62,15 @@ def run_ingest_stage(config: DemoConfig, stack: LocalStack) -> None:
         print(f"[demo] QC montage ({dataset}): {path}")
 
 
-def run_pretrain_stage(config: DemoConfig, stack: LocalStack) -> None:
+def run_pretrain_stage(config: DemoConfig, stack: LocalStack, dashboard: str) -> None:
     """``ray job submit`` the tiny two-stage pretraining to the local head; the job registers the encoder."""
     import time
 
     from pipelines.pretrain import submit
 
     name = time.strftime("demo-%Y%m%d-%H%M%S")
-    print(f"[demo] pretraining {config.pretrain_config} on the Ray head {stack.ray_dashboard} (dashboard there)")
-    run_id = submit(stack.ray_dashboard, config.pretrain_config, [
+    print(f"[demo] pretraining {config.pretrain_config} on the Ray head {dashboard} (dashboard there)")
+    run_id = submit(dashboard, config.pretrain_config, [
         f"data.manifest={(config.workdir / 'ingest').resolve()}",
         f"tracking.tracking_uri={stack.mlflow.tracking_uri}", f"tracking.artifact_root={stack.mlflow.artifact_root}",
         f"checkpoint.storage_path={(config.workdir / 'ray_results').resolve()}",

@@ -55,7 +55,7 @@ def test_a_changed_object_supersedes_its_old_row_and_slices():
     assert rows[("a.nii", "d1")]["status"] == "superseded"
     assert rows[("a.nii", "d2")]["status"] == "ok" and rows[("c.nii", "d3")]["status"] == "ok"
     active = slices.filter(slices["active"]).to_pylist()
-    assert sorted(s["volume_id"] for s in active) == [new["volume_id"]] * 3 + [f"id-c.nii-d3"] * 2
+    assert sorted(s["volume_id"] for s in active) == [new["volume_id"]] * 3 + ["id-c.nii-d3"] * 2
     assert slices.num_rows == 2 + 2 + 3  # history is kept, inactive
     after = Manifest(2, "r2", scans, slices, manifest.labels, {})
     assert after.inactive_sample_keys() == {s["sample_key"] for s in slice_rows(old)}

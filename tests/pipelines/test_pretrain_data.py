@@ -7,8 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from braindino.config import load_config
-from pipelines.train.config import PretrainConfig
 from pipelines.train.data import build_dataset, probe_set, shard_index
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
