@@ -9,7 +9,6 @@ Each run is incremental (the manifest is the ledger) and is logged to MLflow as 
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,7 @@ if __name__ == "__main__":  # run as a file: this folder must not shadow the `in
 from braindino.config import flatten, to_dict
 from ingest.job import INGEST_VERSION, FaultHook, IngestReport, IngestSettings, run_ingest
 from ingest.spec import DatasetSpec, load_spec, spec_paths
-from pipelines.jobs import job_parser, load_job_config
+from pipelines.jobs import connect_ray, job_parser, load_job_config
 from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
 
 
@@ -47,29 +46,6 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
         print(f"  quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
     log_run(config, specs, report)
     return report
-
-
-def connect_ray(num_cpus: int) -> None:
-    """Attach to the cluster in RAY_ADDRESS (``ray job submit`` sets it), else start a local Ray.
-
-    A RAY_ADDRESS that is a dashboard URL (what job-submission clients use, e.g. the demo's head) is
-    not a driver address: the driver then attaches to the cluster running on this machine.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address.startswith(("http://", "https://")):
-        os.environ.pop("RAY_ADDRESS")
-        try:
-            ray.init(address="auto")
-        finally:
-            os.environ["RAY_ADDRESS"] = address
-    elif address:
-        ray.init()
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
 
 
 def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -31,3 +32,27 @@ def run_job(prog: str, description: str, config_cls: type[T], run: Callable[[T],
     """Parse ``argv`` for a job that needs no arguments beyond --config/--set, then run it."""
     args = job_parser(prog, description).parse_args(argv)
     run(load_job_config(config_cls, args))
+
+
+def connect_ray(num_cpus: int | None = None) -> None:
+    """Attach to the cluster in RAY_ADDRESS (``ray job submit`` sets it), else start a local Ray.
+
+    Under a cluster no resource arguments are passed (platform notes F6). A RAY_ADDRESS that is a
+    dashboard URL (what job clients use, e.g. the demo's head) is not a driver address: the driver
+    then attaches to the cluster running on this machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):
+        os.environ.pop("RAY_ADDRESS")
+        try:
+            ray.init(address="auto")
+        finally:
+            os.environ["RAY_ADDRESS"] = address
+    elif address:
+        ray.init()
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False)

@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as `python pipelines/pretrain.py` (ray job 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from braindino.config import flatten, to_dict  # noqa: E402
-from pipelines.jobs import job_parser, load_job_config  # noqa: E402
+from pipelines.jobs import connect_ray, job_parser, load_job_config  # noqa: E402
 from pipelines.tracking import provenance_tags, use_experiment  # noqa: E402
 from pipelines.train.config import PretrainConfig  # noqa: E402
 from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index  # noqa: E402
@@ -38,25 +38,6 @@ class PretrainResult:
     checkpoints: dict[str, str]  # stage -> checkpoint path in the run storage
     final_step: int
     model_version: str | None = None
-
-
-def connect_ray() -> None:
-    """Attach to the cluster under ``ray job submit`` (RAY_ADDRESS set: no resource arguments, F6), else start one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address.startswith(("http://", "https://")):  # a dashboard URL (job clients): the cluster on this machine
-        os.environ.pop("RAY_ADDRESS")
-        try:
-            ray.init(address="auto")
-        finally:
-            os.environ["RAY_ADDRESS"] = address
-    elif address:
-        ray.init()
-    else:
-        ray.init(address="local", include_dashboard=False, configure_logging=False)
 
 
 def _storage(config: PretrainConfig) -> tuple[str, object | None]:
