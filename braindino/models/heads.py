@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from braindino.models.layers import init_linear_layers
+
 
 @dataclass
 class HeadConfig:
@@ -44,11 +46,7 @@ class ProjectionHead(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linear_layers(self)
 
     def forward(self, x: Tensor) -> Tensor:
         z = F.normalize(self.mlp(x), dim=-1)

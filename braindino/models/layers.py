@@ -8,6 +8,15 @@ from torch import Tensor, nn
 from braindino.models.rope import rope_attention
 
 
+def init_linear_layers(root: nn.Module) -> None:
+    """Truncated-normal (std 0.02) weights and zero biases for every ``nn.Linear`` under ``root``."""
+    for module in root.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class LayerScale(nn.Module):
     """Learned per-channel scale on a residual branch, started small so each block begins near identity."""
 

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from braindino.models.layers import Block
+from braindino.models.layers import Block, init_linear_layers
 from braindino.models.rope import grid_coordinates, rope_angles
 
 ViTSize = Literal["micro", "tiny", "small", "base", "large"]
@@ -126,11 +126,7 @@ class VisionTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Truncated-normal linear weights, zero biases, small random CLS/register tokens, zero mask token."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linear_layers(self)
         nn.init.normal_(self.cls_token, std=1e-6)
         nn.init.normal_(self.register_tokens, std=1e-6)
         nn.init.zeros_(self.mask_token)
