@@ -160,3 +160,22 @@ def real_file():
 def payload_of():
     """``payload_of(path, key=None)`` -> a one-file ScanPayload of that file's bytes."""
     return file_payload
+
+
+@pytest.fixture(scope="session")
+def small_scan():
+    """``small_scan(catalogue_name)`` -> its ScanResult at 2 mm and 128 px (fast), processed once per session."""
+    from functools import cache
+
+    from braindino.volumes import PreprocessSpec
+    from ingest.process import process_scan
+
+    spec = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
+
+    @cache
+    def process(name: str):
+        result = process_scan(file_payload(real_path(name)), spec)
+        assert result.ok, result.detail
+        return result
+
+    return process

@@ -7,18 +7,11 @@ import tarfile
 import numpy as np
 import pytest
 
-from braindino.volumes import PreprocessSpec
-from ingest.process import process_scan
 from ingest.writers.shards import list_shards, read_shard, sample_key, write_shard
 
-SPEC = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
-
-
 @pytest.fixture(scope="module")
-def real_slices(real_file, payload_of):
-    result = process_scan(payload_of(real_file("icbm2009c_t1")), SPEC)
-    assert result.ok, result.detail
-    return result.slices
+def real_slices(small_scan):
+    return small_scan("icbm2009c_t1").slices
 
 
 def samples(slices):

@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 import zarr
 
-from braindino.volumes import PreprocessSpec
-from ingest.process import process_scan
 from ingest.storage import ObjectStoreConfig
 from ingest.writers.zarr_store import open_root, prepare_root, read_axial_slice, write_volume
 
-SPEC = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
-
-
 @pytest.fixture(scope="module")
-def t2_volume(real_file, payload_of):
-    result = process_scan(payload_of(real_file("icbm2009c_t2")), SPEC)
-    assert result.ok, result.detail
-    return result.volume
+def t2_volume(small_scan):
+    return small_scan("icbm2009c_t2").volume
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
