@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from braindino.config import load_config
 from infra.local.bundled import missing_entries, upload_bundled
 from infra.local.services import LocalStack, create_bucket, local_ray_head, local_stack
-from pipelines.ingest import IngestConfig, ingest
-from pipelines.jobs import run_job
-from pipelines.tracking import TrackingConfig
+from pipelines.ingest import IngestConfig
+from pipelines.jobs import run_job, submit_job
 
 
 @dataclass(frozen=True)
@@ -30,49 +29,48 @@ class DemoConfig:
 def run(config: DemoConfig) -> None:
     for item in missing_entries(config.datasets):
         print(f"[demo] skipping {item.name}: its source is not installed ({item.install_hint})")
-    with local_stack(config.workdir) as stack:
+    os.environ.setdefault("BRAINDINO_ENV", "dev")  # the public dev pseudonym key unless a real one is set
+    with local_stack(config.workdir) as stack:  # the stack puts its S3 keys in the environment
         print(f"[demo] S3 on {stack.store.endpoint_url}; MLflow at {stack.mlflow.tracking_uri}")
         create_bucket(stack.store, config.bucket)
         uploaded = upload_bundled(stack.store, config.bucket, config.datasets)
         print(f"[demo] uploaded bundled real MRI to s3://{config.bucket}/raw/")
         for dataset, keys in uploaded.items():
             print(f"  {dataset}: {len(keys)} objects")
-        run_ingest_stage(config, stack)  # a local Ray inside this process
-        with local_ray_head() as dashboard:  # the cluster that `ray job submit` targets
-            run_pretrain_stage(config, stack, dashboard)
+        with local_ray_head() as address:  # a cluster as on Kubernetes: it inherits the environment above
+            print(f"[demo] Ray head: dashboard and job API at {address}")
+            run_ingest_stage(config, stack, address)
+            run_pretrain_stage(config, stack, address)
         print(f"[demo] MLflow UI: {stack.mlflow.ui_command()}")
 
 
-def run_ingest_stage(config: DemoConfig, stack: LocalStack) -> None:
-    """Ingest the uploaded scans into ``workdir/ingest`` and say where the outputs are."""
-    os.environ.setdefault("BRAINDINO_ENV", "dev")  # the public dev pseudonym key unless a real one is set
-    base = load_config(IngestConfig, config.ingest_config)
+def tracking_overrides(stack: LocalStack) -> list[str]:
+    return [f"tracking.tracking_uri={stack.mlflow.tracking_uri}", f"tracking.artifact_root={stack.mlflow.artifact_root}"]
+
+
+def run_ingest_stage(config: DemoConfig, stack: LocalStack, address: str) -> None:
+    """``ray job submit`` the ingest of the uploaded scans into ``workdir/ingest``; the job prints the summary."""
     output = (config.workdir / "ingest").resolve()
-    ingest_config = replace(
-        base,
-        datasets=[str(Path(base.datasets_dir) / f"{name}.yaml") for name in config.datasets],
-        ingest=replace(base.ingest, output=str(output), storage=stack.store),
-        tracking=TrackingConfig(stack.mlflow.tracking_uri, base.tracking.experiment, stack.mlflow.artifact_root),
-    )
+    datasets_dir = load_config(IngestConfig, config.ingest_config).datasets_dir
     print(f"[demo] ingesting s3://{config.bucket}/raw/ into {output}")
-    report = ingest(ingest_config)
-    print(f"[demo] manifest: {output}/manifest/v{report.manifest_version:06d}.json (read it with ingest.manifest.ManifestStore)")
-    print(f"[demo] shards:   {output}/shards/  zarr volumes: {output}/zarr/")
-    for dataset, path in report.qc.items():
-        print(f"[demo] QC montage ({dataset}): {path}")
+    submit_job(address, "ingest.py", [
+        "--config", str(config.ingest_config),
+        *(item for name in config.datasets for item in ("--dataset", f"{datasets_dir}/{name}.yaml")),
+        "--set", f"ingest.output={output}", "--set", f"ingest.storage.endpoint_url={stack.store.endpoint_url}",
+        *(item for override in tracking_overrides(stack) for item in ("--set", override)),
+    ])
 
 
-def run_pretrain_stage(config: DemoConfig, stack: LocalStack, dashboard: str) -> None:
+def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> None:
     """``ray job submit`` the tiny two-stage pretraining to the local head; the job registers the encoder."""
     import time
 
     from pipelines.pretrain import submit
 
     name = time.strftime("demo-%Y%m%d-%H%M%S")
-    print(f"[demo] pretraining {config.pretrain_config} on the Ray head {dashboard} (dashboard there)")
-    run_id = submit(dashboard, config.pretrain_config, [
-        f"data.manifest={(config.workdir / 'ingest').resolve()}",
-        f"tracking.tracking_uri={stack.mlflow.tracking_uri}", f"tracking.artifact_root={stack.mlflow.artifact_root}",
+    print(f"[demo] pretraining {config.pretrain_config}")
+    run_id = submit(address, config.pretrain_config, [
+        f"data.manifest={(config.workdir / 'ingest').resolve()}", *tracking_overrides(stack),
         f"checkpoint.storage_path={(config.workdir / 'ray_results').resolve()}",
     ], stack.mlflow.tracking_uri, name)
     print(f"[demo] pretraining run {name}: open http://127.0.0.1:5000 -> experiment braindino-pretrain -> run {run_id}")

@@ -44,6 +44,11 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
     print(report.summary())
     for item in report.quarantined:
         print(f"  quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
+    output = config.ingest.output.rstrip("/")
+    print(f"  manifest {output}/manifest/v{report.manifest_version:06d}.json (ingest.manifest.ManifestStore reads it)")
+    print(f"  shards {output}/shards/, zarr volumes {output}/zarr/")
+    for dataset, path in report.qc.items():
+        print(f"  QC montage ({dataset}): {path}")
     log_run(config, specs, report)
     return report
 

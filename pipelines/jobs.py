@@ -37,9 +37,8 @@ def run_job(prog: str, description: str, config_cls: type[T], run: Callable[[T],
 def connect_ray(num_cpus: int | None = None) -> None:
     """Attach to the cluster in RAY_ADDRESS (``ray job submit`` sets it), else start a local Ray.
 
-    Under a cluster no resource arguments are passed (platform notes F6). A RAY_ADDRESS that is a
-    dashboard URL (what job clients use, e.g. the demo's head) is not a driver address: the driver
-    then attaches to the cluster running on this machine.
+    Under a cluster no resource arguments are passed (platform notes F6). A RAY_ADDRESS that is an
+    ``http(s)://`` job-API URL is not a driver address: such a driver must be submitted as a job.
     """
     import ray
 
@@ -47,12 +46,34 @@ def connect_ray(num_cpus: int | None = None) -> None:
         return
     address = os.environ.get("RAY_ADDRESS", "")
     if address.startswith(("http://", "https://")):
-        os.environ.pop("RAY_ADDRESS")
-        try:
-            ray.init(address="auto")
-        finally:
-            os.environ["RAY_ADDRESS"] = address
-    elif address:
+        sys.exit(f"RAY_ADDRESS={address} is a Ray job API: submit this driver with `ray job submit --address "
+                 f"{address} --working-dir . -- python pipelines/<job>.py ...`, or unset RAY_ADDRESS to run locally")
+    if address:
         ray.init()
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+
+
+JOB_EXCLUDES = [".git", ".venv", ".local", ".devcarry", ".pytest_cache", "*.egg-info"]
+
+
+def submit_job(address: str, script: str, args: list[str]) -> None:
+    """``ray job submit`` ``python pipelines/<script> ARGS`` to the cluster whose job API is ``address``.
+
+    The repository (less ``JOB_EXCLUDES``) is the job's working directory. The job runs with the
+    cluster's environment, not this process's: secrets such as storage credentials and the pseudonym
+    key belong to the cluster. Raises ``CalledProcessError`` when the job fails.
+    """
+    import json
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    ray = Path(sys.executable).parent / "ray"
+    command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address,
+               "--working-dir", str(repo), "--runtime-env-json", json.dumps({"excludes": JOB_EXCLUDES}), "--",
+               sys.executable, f"pipelines/{script}", *args]
+    print(f"[submit] ray job submit --address {address} -- python pipelines/{script} {' '.join(args[:2])} ...",
+          flush=True)
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    subprocess.run(command, check=True, env=env)

@@ -11,7 +11,6 @@ with the same ``name``. The EMA teacher is then registered as ``braindino-encode
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ if __package__ in (None, ""):  # run as `python pipelines/pretrain.py` (ray job 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from braindino.config import flatten, to_dict  # noqa: E402
-from pipelines.jobs import connect_ray, job_parser, load_job_config  # noqa: E402
+from pipelines.jobs import connect_ray, job_parser, load_job_config, submit_job  # noqa: E402
 from pipelines.tracking import provenance_tags, use_experiment  # noqa: E402
 from pipelines.train.config import PretrainConfig  # noqa: E402
 from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index  # noqa: E402
@@ -169,25 +168,11 @@ def run(config: PretrainConfig) -> PretrainResult:
 
 
 def submit(address: str, config_file: str | Path, overrides: list[str], tracking_uri: str, name: str) -> str:
-    """``ray job submit`` this driver to the cluster at ``address`` (its dashboard URL); returns the MLflow run id.
-
-    The repository is the job's working directory (without .git, .venv, .local).
-    """
-    import subprocess
-
+    """``ray job submit`` this driver to the cluster at ``address`` (its job API URL); returns the MLflow run id."""
     from mlflow.tracking import MlflowClient
 
-    repo = Path(__file__).resolve().parents[1]
-    ray = Path(sys.executable).parent / "ray"
-    excludes = '{"excludes": [".git", ".venv", ".local", ".devcarry", ".pytest_cache", "*.egg-info"]}'
-    command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address,
-               "--working-dir", str(repo), "--runtime-env-json", excludes, "--",
-               sys.executable, "pipelines/pretrain.py", "--config", str(config_file), "--set", f"name={name}",
-               *(item for override in overrides for item in ("--set", override))]
-    print("[pretrain] " + " ".join(command[:9]) + " ... -- python pipelines/pretrain.py --config " + str(config_file),
-          flush=True)
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    subprocess.run(command, check=True, env=env)
+    submit_job(address, "pretrain.py", ["--config", str(config_file), "--set", f"name={name}",
+                                        *(item for override in overrides for item in ("--set", override))])
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               f"tags.`braindino.run_name` = '{name}'", max_results=1)

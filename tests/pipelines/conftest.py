@@ -16,7 +16,7 @@ from infra.local.services import LocalMlflow, create_bucket
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
 PREPROCESS = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96)
-RUN_LAST = ("test_pretrain_job.py",)
+RUN_LAST = ("test_job_submit.py",)
 
 
 def pytest_collection_modifyitems(session, config, items):
