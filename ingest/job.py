@@ -20,7 +20,7 @@ import json
 import secrets
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -34,11 +34,11 @@ from ingest.manifest import Manifest, ManifestStore, next_labels, next_tables, p
 from ingest.process import ScanResult, process_scan
 from ingest.qc import montage
 from ingest.readers.scan import ScanPolicy
-from ingest.sources import ScanUnit, SourceObject, list_objects, read_payload, scan_units
+from ingest.sources import ScanUnit, SourceObject, list_objects, read_payload, scan_units, unit_uri
 from ingest.spec import DatasetSpec
 from ingest.storage import ObjectStoreConfig
 from ingest.writers.files import write_bytes
-from ingest.writers.shards import SAMPLE_FORMAT_VERSION, sample_key, shard_name, write_shard
+from ingest.writers.shards import SAMPLE_FORMAT_VERSION, sample_key, sample_stack, shard_name, write_shard
 from ingest.writers.zarr_store import open_root, prepare_root, read_axial_slice, write_volume
 
 INGEST_VERSION = 1
@@ -180,29 +180,51 @@ def sweep_uncommitted(store: ManifestStore, settings: IngestSettings) -> None:
 
 
 def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: Manifest) -> tuple[list[dict[str, Any]], int]:
-    """One Ray row per unit to process (new or changed), and how many units were listed in all."""
+    """One Ray row per unit to process (new or changed), and how many units were listed in all.
+
+    Subject, session and sequence come from the stored key; the row's ``key`` is the unit's public key.
+    """
     tasks, seen = [], 0
     for spec in specs:
         table = spec.load_sequence_table(storage)
-        units = scan_units(spec, list_objects(spec.source, storage))
-        seen += len(units)
-        for unit in plan(units, previous):
+        stored = {}
+        for unit in scan_units(spec, list_objects(spec.source, storage)):
+            scan_id = pseudonym(f"scan:{spec.name}/{unit.key}")
+            stored[public_unit(spec, unit, scan_id).key] = unit, scan_id
+        seen += len(stored)
+        for public in plan([public_unit(spec, unit, scan_id) for unit, scan_id in stored.values()], previous):
+            unit, scan_id = stored[public.key]
             try:
                 subject, session = spec.subject_of(unit.key)
                 problem = ""
             except ValueError as err:
-                subject, session, problem = "", "", str(err)
+                subject, session, problem = "", "", str(err).replace(unit.key, public.key)
             tasks.append({
                 "dataset": spec.name,
-                "key": unit.key,
+                "key": public.key,
                 "files": json.dumps([asdict(f) for f in unit.files]),
-                "scan_id": pseudonym(f"scan:{spec.name}/{unit.key}"),
+                "scan_id": scan_id,
                 "subject": subject_pseudonym(spec, subject) if subject else "",
                 "session": subject_pseudonym(spec, f"{subject}/{session}", "session") if session else "",
                 "sequence": spec.sequence_of(unit.key, table),
                 "problem": problem,
             })
     return tasks, seen
+
+
+def public_unit(spec: DatasetSpec, unit: ScanUnit, scan_id: str) -> ScanUnit:
+    """The unit as outputs name it: its stored key, or ``redacted/<scan_id>`` (a series keeps its
+    trailing ``/``) when the spec says keys may identify people. The files keep their stored keys."""
+    if not spec.redact_keys:
+        return unit
+    return replace(unit, key=f"redacted/{scan_id}" + ("/" if unit.is_series else ""))
+
+
+def locate_scan(specs: list[DatasetSpec], storage: ObjectStoreConfig, scan_id: str) -> list[str]:
+    """The stored URIs of the units whose scan pseudonym is ``scan_id`` (how a redacted key is found again)."""
+    return [unit_uri(spec.source, unit) for spec in specs
+            for unit in scan_units(spec, list_objects(spec.source, storage))
+            if pseudonym(f"scan:{spec.name}/{unit.key}") == scan_id]
 
 
 def subject_pseudonym(spec: DatasetSpec, identifier: str, kind: str = "subject") -> str:
@@ -232,15 +254,15 @@ def process_unit(task: dict[str, Any], settings: IngestSettings, specs: dict[str
     if task["problem"]:
         result = ScanResult(task["key"], "", reason="unmatched_subject", detail=task["problem"])
     else:
-        result = process_scan(read_payload(spec.source, unit, settings.storage), settings.preprocess, settings.policy)
+        payload = read_payload(spec.source, unit, settings.storage, anonymous_names=spec.redact_keys)
+        result = process_scan(payload, settings.preprocess, settings.policy)
     row = scan_row(task, unit, result)
     if result.ok:
         root = open_root(settings.output, settings.storage, mode="r+")
         row["zarr_path"] = write_volume(root, spec.name, row["volume_id"], result.volume, zarr_attrs(row, result))
-    images = np.stack([s[1] for s in result.slices]) if result.slices else np.zeros((0, 0, 0))
     return {
         "scan": json.dumps(row),
-        "images": images.astype(np.float16).tobytes(),
+        "images": sample_stack([s[1] for s in result.slices]).tobytes(),
         "z": json.dumps([s[0] for s in result.slices]),
         "foreground": json.dumps([s[2] for s in result.slices]),
     }

@@ -17,6 +17,9 @@ from ingest.spec import DatasetSpec
 from ingest.storage import ObjectStoreConfig
 
 
+FORMAT_SUFFIXES = (".nii.gz", ".mgh.gz", ".nii", ".mgh", ".mgz", ".nrrd", ".zip", ".dcm", ".ima")
+
+
 @dataclass(frozen=True)
 class SourceObject:
     key: str  # relative to the dataset source
@@ -33,13 +36,17 @@ class ScanUnit:
     files: tuple[SourceObject, ...]
 
     @property
+    def is_series(self) -> bool:
+        return self.key == "" or self.key.endswith("/")
+
+    @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
     @property
     def etag(self) -> str:
         """The object's ETag, or for a series a digest of its members' names and ETags."""
-        if len(self.files) == 1 and self.files[0].key == self.key:
+        if not self.is_series:
             return self.files[0].etag
         listing = "\n".join(f"{f.key}:{f.etag}" for f in sorted(self.files, key=lambda f: f.key))
         return "series-" + hashlib.sha256(listing.encode()).hexdigest()[:32]
@@ -95,15 +102,24 @@ def unit_uri(source: str, unit: ScanUnit) -> str:
     return f"{source.rstrip('/')}/{unit.key}"
 
 
-def read_payload(source: str, unit: ScanUnit, storage: ObjectStoreConfig) -> ScanPayload:
+def read_payload(source: str, unit: ScanUnit, storage: ObjectStoreConfig, anonymous_names: bool = False) -> ScanPayload:
     """Fetch the unit's bytes as stored, each file under its own name (a series' files share one folder).
 
-    ``compression=None``: pyarrow would otherwise inflate ``.gz`` objects on the fly, hiding a
-    truncated gzip from the readers (and changing the content digest).
+    With ``anonymous_names`` each file is named by its position and format suffix only, so that no
+    reader message can repeat a name that identifies a person. ``compression=None``: pyarrow would
+    otherwise inflate ``.gz`` objects on the fly, hiding a truncated gzip from the readers (and
+    changing the content digest).
     """
     fs, root = storage.resolve(source)
     files = {}
-    for obj in unit.files:
+    for index, obj in enumerate(unit.files):
+        name = PurePosixPath(obj.key).name
         with fs.open_input_stream(f"{root}/{obj.key}", compression=None) as stream:
-            files[PurePosixPath(obj.key).name] = stream.read()
+            files[anonymous_name(index, name) if anonymous_names else name] = stream.read()
     return ScanPayload(unit_uri(source, unit), files)
+
+
+def anonymous_name(index: int, name: str) -> str:
+    """``NNNN`` plus the name's format suffix when it has a known one (``0003.dcm``, ``0000.nii.gz``)."""
+    suffix = next((s for s in FORMAT_SUFFIXES if name.lower().endswith(s)), "")
+    return f"{index:04d}{suffix}"

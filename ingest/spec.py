@@ -8,6 +8,9 @@ instead. Sequence: the sidecar table's entry for the key, else the first matchin
 ``default_sequence``. An optional label table (one row per subject) lands in the manifest's ``labels``
 table with its subjects pseudonymised. Subjects are pseudonymised within ``subject_namespace`` (default: the dataset
 name); datasets that hold the same people (ICBM 2009a and 2009c) name one namespace. Files in one folder whose suffix is in ``dicom_suffixes`` form one series unit.
+When a bucket's keys may identify people (a PACS export named by patient), ``redact_keys: true`` makes
+every output (manifest, logs, MLflow, quarantine details) name a scan ``redacted/<scan_id>`` instead;
+``braindino ingest --locate SCAN_ID`` finds the stored key again for whoever may read the bucket.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class DatasetSpec:
     label_table: str = ""  # optional CSV (s3:// or local): a subject column (as keys give it), then labels
     default_sequence: str = "unknown"
     dicom_suffixes: list[str] = field(default_factory=lambda: [".dcm", ".ima", ""])
+    redact_keys: bool = False  # keys may hold names, IDs or dates: outputs name scans "redacted/<scan_id>"
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.name):

@@ -23,8 +23,10 @@ from braindino.catalogue import entry
 from braindino.volumes import PreprocessSpec, centre_pad_crop
 from infra.local.bundled import upload_bundled
 from infra.local.services import LocalMlflow, create_bucket
-from ingest.job import IngestSettings
+from ingest.deid import pseudonym
+from ingest.job import IngestSettings, locate_scan
 from ingest.manifest import ManifestStore
+from ingest.spec import load_spec
 from ingest.writers.shards import list_shards, read_shard
 from ingest.writers.zarr_store import open_root
 from pipelines.ingest import IngestConfig, ingest
@@ -42,7 +44,21 @@ subject_pattern: "^sub-(?P<subject>[^/]+)/(ses-(?P<session>[^/]+)/)?"
 sequence_rules: [{{pattern: "T1w|dicom", sequence: T1w}}]
 label_table: s3://{bucket}/tables/lab_participants.csv
 """
+PACS_SPEC = """
+name: pacs
+source: s3://{bucket}/raw/pacs
+licence: "test fixture built from ICBM152 2009c (MNI notice)"
+redact_keys: true
+"""
+PATIENT_FOLDER = "DOE_JANE_19650312"  # a PACS export names folders by patient: the keys themselves identify
+
+
+def redacted(key: str) -> str:
+    return f"redacted/{pseudonym(f'scan:pacs/{key}')}" + ("/" if key.endswith("/") else "")
+
+
 GOOD = {
+    ("pacs", redacted(f"{PATIENT_FOLDER}/")),
     ("icbm152", "icbm2009c_t1/mni_icbm152_t1_tal_nlin_sym_09c.nii"),
     ("icbm152", "icbm2009c_t2/mni_icbm152_t2_tal_nlin_sym_09c.nii"),
     ("heudiconv", "heudiconv_dwi/"),
@@ -50,6 +66,7 @@ GOOD = {
     ("lab", "sub-02/anat/sub-02_T1w.nii.gz"),
 }
 BAD = {
+    ("pacs", redacted(f"{PATIENT_FOLDER}/t1_{PATIENT_FOLDER}.nii.gz")): "truncated_gzip",
     ("lab", "sub-03/anat/sub-03_T1w.nii.gz"): "truncated_gzip",
     ("lab", "sub-04/anat/sub-04_T1w.nii"): "bad_magic",
     ("lab", "sub-05/anat/sub-05_T1w.nii"): "non_finite",
@@ -87,6 +104,10 @@ def plant_lab(store, bucket: str, t1_small, dicom_series, make_nifti) -> None:
     for key, body in files.items():
         client.put_object(Bucket=bucket, Key=f"raw/lab/{key}", Body=body)
     client.put_object(Bucket=bucket, Key="tables/lab_participants.csv", Body=b"subject,age,group\n01,34,control\n02,71,AD\n")
+    pacs = {**{f"{PATIENT_FOLDER}/{PATIENT_FOLDER}_{name}": raw for name, raw in dicom_series.items()},
+            f"{PATIENT_FOLDER}/t1_{PATIENT_FOLDER}.nii.gz": good[: len(good) // 2]}
+    for key, body in pacs.items():
+        client.put_object(Bucket=bucket, Key=f"raw/pacs/{key}", Body=body)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +123,7 @@ def world(object_store, ray_session, tmp_path_factory, t1_small, dicom_series, m
         text = (REPO / "configs" / "datasets" / f"{name}.yaml").read_text()
         (specs / f"{name}.yaml").write_text(text.replace("s3://braindino-raw/", f"s3://{bucket}/"))
     (specs / "lab.yaml").write_text(LAB_SPEC.format(bucket=bucket))
+    (specs / "pacs.yaml").write_text(PACS_SPEC.format(bucket=bucket))
     mlflow = LocalMlflow(tmp_path_factory.mktemp("mlflow"))
     config = IngestConfig(
         datasets=[str(p) for p in sorted(specs.glob("*.yaml"))],
@@ -225,7 +247,10 @@ def test_shards_mix_subjects_and_datasets(committed_samples):
 
 def test_no_planted_identifier_appears_in_any_output_or_in_mlflow(world, killed_then_rerun, planted_identifiers):
     fs = world["fs"]
-    secrets = [v.encode() for v in planted_identifiers.values()] + [DESCRIP, b"Jane Doe", b"PID-4711"]
+    secrets = [v.encode() for v in planted_identifiers.values()] + [DESCRIP, b"Jane Doe", b"PID-4711",
+                                                                    b"DOE_JANE", b"19650312"]
+    _, report = killed_then_rerun
+    assert not [s for s in secrets if s in (report.summary() + repr(report.quarantined)).encode()]
     outputs = {}
     for path in stored_objects(world):
         with fs.open_input_stream(path) as stream:
@@ -234,6 +259,13 @@ def test_no_planted_identifier_appears_in_any_output_or_in_mlflow(world, killed_
     assert len(outputs) > 20
     leaks = [(path, s) for path, data in outputs.items() for s in secrets if s in data]
     assert leaks == []
+
+
+def test_a_redacted_key_is_found_again_by_its_scan_pseudonym(world, killed_then_rerun):
+    (row,) = [r for r in latest(world).scans.to_pylist() if r["dataset"] == "pacs" and r["status"] == "quarantined"]
+    specs = [load_spec(path) for path in world["config"].datasets]
+    found = locate_scan(specs, world["config"].ingest.storage, row["scan_id"])
+    assert found == [f"s3://{world['bucket']}/raw/pacs/{PATIENT_FOLDER}/t1_{PATIENT_FOLDER}.nii.gz"]
 
 
 def test_the_run_is_logged_to_mlflow_with_summary_quarantine_list_and_qc_montages(world, killed_then_rerun):

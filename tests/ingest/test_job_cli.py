@@ -44,3 +44,6 @@ def test_all_ingests_every_spec_of_the_folder_from_local_disk(ray_session, tmp_p
     assert manifest.slices.num_rows == scan["slices_kept"] > 0
     assert list((output / "shards" / manifest.run_id).glob("*.tar"))
     assert (output / "qc" / manifest.run_id / "tiny.png").exists()
+
+    main(["--all", "--set", f"datasets_dir={specs}", "--locate", scan["scan_id"]])
+    assert capsys.readouterr().out.strip() == f"{tmp_path / 'raw'}/sub-anat/anatomical.nii"
