@@ -3,6 +3,10 @@
 A ``CanonicalVolume`` is a float32 array in the RAS+ frame: array axis 0 runs left -> right, axis 1
 posterior -> anterior, axis 2 inferior -> superior. Axial slices are ``data[:, :, z]`` and nothing else.
 The affine maps voxel indices (i, j, k) to RAS millimetres, so data and geometry never travel apart.
+
+The array is stored in Fortran order (axis 0 fastest), NIfTI's own layout: a NIfTI already in RAS order
+becomes canonical without a copy, and each axial slice ``data[:, :, z]`` is one contiguous block (an
+F-contiguous 2D array), so slicing and per-slice writes never stride through the volume.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from nibabel.orientations import aff2axcodes, apply_orientation, inv_ornt_aff, i
 
 @dataclass(frozen=True)
 class CanonicalVolume:
-    """A 3D scan in RAS+ voxel order with its voxel -> RAS (mm) affine and a record of what was done."""
+    """A 3D scan in RAS+ voxel order (Fortran-ordered float32) with its voxel -> RAS (mm) affine and a
+    record of what was done."""
 
     VERSION: ClassVar[int] = 1
 
@@ -31,6 +36,8 @@ class CanonicalVolume:
             raise ValueError(f"CanonicalVolume needs a 3D array, got shape {self.data.shape}")
         if self.data.dtype != np.float32:
             raise ValueError(f"CanonicalVolume data must be float32, got {self.data.dtype}")
+        if not self.data.flags.f_contiguous:
+            raise ValueError("CanonicalVolume data must be Fortran-ordered (axial slices contiguous); use canonical_layout()")
         if self.affine.shape != (4, 4):
             raise ValueError(f"CanonicalVolume affine must be 4x4, got {self.affine.shape}")
         if self.orientation != "RAS":
@@ -44,11 +51,16 @@ class CanonicalVolume:
         """A copy with new voxels (and optionally a new affine), extending the provenance record."""
         new_affine = self.affine if affine is None else affine
         return CanonicalVolume(
-            data=np.ascontiguousarray(data, dtype=np.float32),
+            data=canonical_layout(data),
             affine=new_affine,
             spacing=voxel_spacing(new_affine),
             provenance={**self.provenance, **provenance},
         )
+
+
+def canonical_layout(data: np.ndarray) -> np.ndarray:
+    """``data`` as Fortran-ordered float32, copied only when it is not already."""
+    return np.asfortranarray(data, dtype=np.float32)
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -62,7 +74,8 @@ def canonicalise(data: np.ndarray, affine: np.ndarray, provenance: dict[str, Any
 
     Only axis permutations and flips are applied (no interpolation); for an oblique scan each array axis
     goes to the world axis it is closest to and the affine keeps the residual rotation. The returned
-    affine is updated with the same transform, so every voxel keeps its world position.
+    affine is updated with the same transform, so every voxel keeps its world position. A Fortran-ordered
+    float32 array already in RAS order is used as is (the volume shares its memory), anything else is copied.
     """
     data = np.asarray(data)
     if data.ndim != 3:
@@ -79,7 +92,7 @@ def canonicalise(data: np.ndarray, affine: np.ndarray, provenance: dict[str, Any
         "canonical_version": CanonicalVolume.VERSION,
     }
     return CanonicalVolume(
-        data=np.ascontiguousarray(reoriented, dtype=np.float32),
+        data=canonical_layout(reoriented),
         affine=new_affine,
         spacing=voxel_spacing(new_affine),
         provenance=record,

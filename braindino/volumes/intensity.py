@@ -6,21 +6,83 @@ import numpy as np
 
 from braindino.volumes.canonical import CanonicalVolume
 
+SAMPLE_SIZE = 1 << 16  # values sampled to place the tail thresholds of a large array
+TAIL_MARGIN_SIGMAS = 8.0  # how far beyond a sampled quantile its threshold sits, in binomial standard deviations
 
-def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
-    """Linear-interpolated percentiles of a 1D array by partial selection (``np.partition``), not a sort.
 
-    Matches ``np.percentile(values, qs)`` (the default "linear" method) in O(n) per call.
+def percentiles(values: np.ndarray, qs: tuple[float, ...], where: np.ndarray | None = None) -> np.ndarray:
+    """Exact linear-interpolated percentiles of ``values[where]`` (all values without ``where``).
+
+    Equals ``np.percentile(values[where], qs)`` (the default "linear" method) for finite values, without
+    gathering ``values[where]`` and without sorting. Only the values at a few ranks are needed: a large
+    array gives them from its tails (``tail_values``), anything else from ``np.partition``.
     """
-    if values.size == 0:
+    flat, mask = flat_pair(values, where)
+    count = flat.size if mask is None else int(np.count_nonzero(mask))
+    if count == 0:
         raise ValueError("percentiles of an empty array")
-    positions = np.asarray(qs, dtype=np.float64) / 100.0 * (values.size - 1)
-    lower = np.floor(positions).astype(int)
-    upper = np.minimum(lower + 1, values.size - 1)
-    kth = np.unique(np.concatenate([lower, upper]))
-    selected = np.partition(values, kth)
+    positions = np.asarray(qs, dtype=np.float64) / 100.0 * (count - 1)
+    lower = np.floor(positions).astype(np.intp)
+    upper = np.minimum(lower + 1, count - 1)
+    ranks = np.unique(np.concatenate([lower, upper]))
+    selected = tail_values(flat, mask, count, ranks) if count > 4 * SAMPLE_SIZE else None
+    if selected is None:
+        selected = np.partition(flat if mask is None else flat[mask], ranks)[ranks]
     weight = positions - lower
-    return selected[lower] * (1.0 - weight) + selected[upper] * weight
+    return selected[np.searchsorted(ranks, lower)] * (1.0 - weight) + selected[np.searchsorted(ranks, upper)] * weight
+
+
+def flat_pair(values: np.ndarray, where: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``values`` and ``where`` flattened in the same element order (``values``' own memory order: no copy)."""
+    order = "F" if values.flags.f_contiguous and not values.flags.c_contiguous else "C"
+    if where is not None and np.shape(where) != values.shape:
+        raise ValueError(f"percentiles: where has shape {np.shape(where)}, values {values.shape}")
+    return values.ravel(order), None if where is None else np.asarray(where, dtype=bool).ravel(order)
+
+
+def tail_values(flat: np.ndarray, mask: np.ndarray | None, count: int, ranks: np.ndarray) -> np.ndarray | None:
+    """The values at ``ranks`` (sorted) of ``flat[mask]``, selected among the values in its two tails.
+
+    A strided sample of about ``SAMPLE_SIZE`` values places a threshold a safe margin beyond the
+    highest rank of the lower half (and below the lowest rank of the upper half); the values on the far
+    side of it are gathered and the ranks selected among them by ``np.partition``. That is exact as soon
+    as the tail holds every value up to the rank, which is checked: ``None`` when a tail falls short
+    (then the caller partitions everything).
+    """
+    step = max(1, count // SAMPLE_SIZE)
+    sample = flat[::step] if mask is None else flat[::step][mask[::step]]
+    if sample.size < SAMPLE_SIZE // 4:
+        return None
+    sample = np.sort(sample)
+    out = np.empty(ranks.size, dtype=flat.dtype)
+    low = ranks < count // 2
+    if low.any():
+        rank = int(ranks[low][-1])  # the tail must hold the rank + 1 smallest values
+        tail = gather(flat, mask, flat <= sampled_quantile(sample, (rank + 1) / count, +1))
+        if tail.size <= rank:
+            return None
+        out[low] = np.partition(tail, ranks[low])[ranks[low]]
+    if not low.all():
+        rank = int(ranks[~low][0])  # the tail must hold the count - rank largest values
+        tail = gather(flat, mask, flat >= sampled_quantile(sample, rank / count, -1))
+        if tail.size < count - rank:
+            return None
+        in_tail = ranks[~low] - (count - tail.size)
+        out[~low] = np.partition(tail, in_tail)[in_tail]
+    return out
+
+
+def sampled_quantile(sample: np.ndarray, fraction: float, side: int) -> float:
+    """The sorted ``sample``'s quantile ``fraction`` moved ``TAIL_MARGIN_SIGMAS`` standard errors to ``side``."""
+    margin = TAIL_MARGIN_SIGMAS * np.sqrt(fraction * (1.0 - fraction) / sample.size) + 2.0 / sample.size
+    index = int(np.floor((fraction + side * margin) * sample.size))
+    return sample[min(max(index, 0), sample.size - 1)]
+
+
+def gather(flat: np.ndarray, mask: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
+    if mask is not None:
+        chosen &= mask
+    return flat[chosen]
 
 
 def normalise_intensity(
@@ -30,24 +92,28 @@ def normalise_intensity(
 
     Foreground is ``mask`` when given (a boolean array on the volume's grid), otherwise the non-zero
     voxels. Voxels outside the foreground are set to exactly 0. Raises ``ValueError`` when the
-    foreground is empty or constant (nothing to normalise).
+    foreground is empty or constant (nothing to normalise). Works on whole arrays in the volume's
+    layout (no gather and scatter of the foreground): clip, zero the background, subtract the mean
+    inside the foreground, divide by the standard deviation.
     """
-    foreground = (vol.data != 0) if mask is None else np.asarray(mask, dtype=bool)
+    data = vol.data
+    foreground = (data != 0) if mask is None else np.asarray(mask, dtype=bool)
     if foreground.shape != vol.shape:
         raise ValueError(f"mask shape {foreground.shape} does not match volume shape {vol.shape}")
-    values = vol.data[foreground]
-    if values.size == 0:
+    count = int(np.count_nonzero(foreground))
+    if count == 0:
         raise ValueError("normalise_intensity: the foreground is empty (an all-zero volume or mask)")
-    low, high = percentiles(values, clip)
-    np.clip(values, low, high, out=values)
-    mean = float(values.sum(dtype=np.float64)) / values.size
-    values -= np.float32(mean)
-    std = float(np.sqrt(np.dot(values, values) / values.size))
+    low, high = percentiles(data, clip, where=foreground)
+    out = np.maximum(data, np.float32(low))
+    np.minimum(out, np.float32(high), out=out)
+    np.multiply(out, foreground, out=out)
+    flat = out.ravel("K")
+    mean = float(flat.sum(dtype=np.float64)) / count
+    np.subtract(out, np.float32(mean), out=out, where=foreground)
+    std = float(np.sqrt(np.dot(flat, flat) / count))
     if std == 0.0:
         raise ValueError("normalise_intensity: the foreground is constant after clipping")
-    values /= np.float32(std)
-    out = np.zeros(vol.shape, dtype=np.float32)
-    out[foreground] = values
+    out /= np.float32(std)
     return vol.with_data(
         out,
         intensity={

@@ -54,17 +54,25 @@ def resample(
 
 
 def interpolate_axis(data: np.ndarray, axis: int, positions: np.ndarray, order: int) -> np.ndarray:
-    """Sample ``data`` at fractional indices ``positions`` along one axis (linear or nearest)."""
+    """Sample ``data`` at fractional indices ``positions`` along one axis (linear or nearest).
+
+    Works slab by slab into a Fortran-ordered output, so a canonical volume keeps its layout (along the
+    axial axis each slab is one contiguous block) and no full-size temporaries are made.
+    """
+    shape = list(data.shape)
+    shape[axis] = positions.size
+    out = np.empty(shape, dtype=np.float32, order="F")
+    source, target = np.moveaxis(data, axis, 0), np.moveaxis(out, axis, 0)
     if order == 0:
-        return np.take(data, np.round(positions).astype(np.intp), axis=axis)
+        for k, index in enumerate(np.round(positions).astype(np.intp)):
+            target[k] = source[index]
+        return out
     below = np.floor(positions).astype(np.intp)
     above = np.minimum(below + 1, data.shape[axis] - 1)
-    shape = [1, 1, 1]
-    shape[axis] = positions.size
-    weight = (positions - below).astype(np.float32).reshape(shape)
-    low = np.take(data, below, axis=axis)
-    high = np.take(data, above, axis=axis)
-    low *= 1 - weight
-    high *= weight
-    low += high
-    return low
+    weights = (positions - below).astype(np.float32)
+    scratch = np.empty_like(target[0])
+    for k, (low, high, weight) in enumerate(zip(below, above, weights)):
+        np.multiply(source[low], 1 - weight, out=target[k])
+        np.multiply(source[high], weight, out=scratch)
+        target[k] += scratch
+    return out

@@ -15,9 +15,7 @@ import numpy as np
 from braindino.volumes.canonical import CanonicalVolume, canonicalise
 from braindino.volumes.intensity import normalise_intensity
 from braindino.volumes.resample import resample
-from braindino.volumes.slicing import axial_slices
-
-Slice = tuple[int, np.ndarray, float]
+from braindino.volumes.slicing import Slice, axial_slices
 
 
 @dataclass(frozen=True)
@@ -82,4 +80,4 @@ def preprocess(
         canonical_mask = mask_vol.data > 0.5
     vol = normalise_intensity(vol, spec.clip_percentiles, canonical_mask)
     vol = vol.with_data(vol.data, preprocess_spec=json.loads(spec.to_json()))
-    return vol, list(axial_slices(vol, spec.slice_size, spec.min_foreground))
+    return vol, axial_slices(vol, spec.slice_size, spec.min_foreground)

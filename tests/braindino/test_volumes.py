@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from braindino.catalogue import entry
+from braindino.volumes import intensity
 from braindino.volumes import (
     CanonicalVolume,
     PreprocessSpec,
@@ -77,7 +78,12 @@ def test_canonical_axes_run_right_anterior_superior(t1):
     assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
     assert np.all(np.diag(vol.affine)[:3] > 0)
     assert vol.spacing == pytest.approx((2.0, 2.0, 2.0))
-    assert vol.data.dtype == np.float32 and vol.data.flags["C_CONTIGUOUS"]
+    assert vol.data.dtype == np.float32 and vol.data.flags["F_CONTIGUOUS"]  # each axial slice is one block
+
+
+def test_a_ras_nifti_array_becomes_canonical_without_a_copy(t1):
+    data = np.asfortranarray(t1[0])  # nibabel's layout for a NIfTI on disk
+    assert np.shares_memory(canonicalise(data, t1[1]).data, data)
 
 
 def test_canonical_volume_refuses_anything_but_float32_3d_ras():
@@ -85,8 +91,10 @@ def test_canonical_volume_refuses_anything_but_float32_3d_ras():
         CanonicalVolume(np.zeros((4, 4), np.float32), np.eye(4), (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="float32"):
         CanonicalVolume(np.zeros((4, 4, 4)), np.eye(4), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="Fortran"):
+        CanonicalVolume(np.zeros((4, 4, 4), np.float32), np.eye(4), (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="RAS"):
-        CanonicalVolume(np.zeros((4, 4, 4), np.float32), np.eye(4), (1.0, 1.0, 1.0), orientation="LPS")
+        CanonicalVolume(np.zeros((4, 4, 4), np.float32, order="F"), np.eye(4), (1.0, 1.0, 1.0), orientation="LPS")
 
 
 def test_resampling_hits_the_target_spacing_and_keeps_world_positions(t1):
@@ -126,6 +134,26 @@ def test_resampling_is_skipped_at_the_target_spacing(t1):
 def test_partition_percentiles_equal_numpy_percentiles(t1):
     values = t1[0][t1[0] != 0]
     np.testing.assert_allclose(percentiles(values, (0.5, 99.5)), np.percentile(values, (0.5, 99.5)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["icbm2009c_t1", "icbm2009c_t1bet", "colin27_t1", "icbm2009a_t1"])
+def test_tail_selected_percentiles_of_full_volumes_equal_numpy_exactly(name):
+    data, _ = load(name, stride=1)  # large enough for the tail selection; uint8 sources bring many ties
+    foreground = data != 0
+    values = np.sort(data[foreground])
+    ranks = np.array([3, 4, values.size // 100, values.size - 5])
+    tails = intensity.tail_values(data.ravel("F"), foreground.ravel("F"), values.size, ranks)
+    np.testing.assert_array_equal(tails, values[ranks])  # the selected ranks are exact, not estimates
+    qs = (0.5, 99.5, 2.0, 98.0)
+    np.testing.assert_allclose(percentiles(data, qs, where=foreground), np.percentile(values, qs), rtol=1e-12)
+    np.testing.assert_allclose(percentiles(data, qs), np.percentile(data, qs), rtol=1e-12)
+
+
+def test_percentiles_fall_back_to_a_full_selection_when_a_tail_is_short():
+    values = np.ones(1_000_000, np.float32)
+    values[:: 1_000_000 // intensity.SAMPLE_SIZE] = 0  # the strided sample sees only these zeros (6.7 %)
+    assert intensity.tail_values(values, None, values.size, np.array([99_999, 100_000])) is None
+    assert percentiles(values, (10.0,))[0] == np.percentile(values, 10.0) == 1.0
 
 
 def test_normalisation_keeps_background_zero_and_standardises_the_foreground(t1_brain):
