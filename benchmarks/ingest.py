@@ -4,11 +4,13 @@ Three chains run on the same in-memory scan bytes (storage I/O excluded), each i
 that its peak RSS is its own, with NumPy/BLAS pinned to one thread:
 - ``floor``: only decompress and decode to a float32 array (nibabel), the least any chain must do;
 - ``braindino``: ``ingest.process.process_scan`` (bounded read, validation, RAS canonicalisation, linear
-  resampling, partition percentiles, z-score, slicing) plus encoding every slice as float16 ``.npy``,
-  as the shard writer stores it;
+  resampling, exact percentiles, z-score, slicing) plus what the job does with the kept slices before
+  they reach a shard: one float16 stack (``sample_stack``), then every slice's ``.npy`` bytes
+  (``npy_bytes``, the shard writer's encoder);
 - ``monai_style``: a MONAI-STYLE chain written here with plain nibabel/SciPy the obvious way (float64
   load, ``as_closest_canonical``, ``scipy.ndimage.zoom`` order 3, full-sort percentiles, per-slice
-  ``np.pad``). It is NOT MONAI (not installed here); it stands for a typical transform chain.
+  ``np.pad``, ``np.save`` of a float16 copy per slice). It is NOT MONAI (not installed here); it stands
+  for a typical transform chain.
 
 Two inputs: the 1 mm catalogue volumes as shipped, and the same volumes thinned to 1 x 1 x 3 mm (every
 third axial slice, stored .nii.gz) so that every scan needs resampling back to 1 mm.
@@ -51,6 +53,7 @@ from scipy import ndimage
 from braindino.catalogue import available
 from braindino.volumes import PreprocessSpec
 from ingest.process import ScanPayload, process_scan
+from ingest.writers.shards import npy_bytes, sample_stack
 
 CHAINS = ("floor", "braindino", "monai_style")
 INPUTS = ("iso_1mm", "aniso_1x1x3mm")
@@ -91,8 +94,8 @@ def run_braindino(payload: ScanPayload) -> int:
     result = process_scan(payload, SPEC)
     if not result.ok:
         raise RuntimeError(f"{payload.key} quarantined: {result.reason}: {result.detail}")
-    for _, image, _ in result.slices:
-        encode_float16_npy(image)
+    for image in sample_stack([image for _, image, _ in result.slices]):
+        npy_bytes(image)
     return len(result.slices)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import numpy as np
 import pytest
 
-from ingest.writers.shards import list_shards, read_shard, sample_key, write_shard
+from ingest.writers.shards import list_shards, npy_bytes, read_shard, sample_key, sample_stack, write_shard
 
 @pytest.fixture(scope="module")
 def real_slices(small_scan):
@@ -29,6 +30,16 @@ def test_samples_round_trip_within_float16_precision(real_slices, object_store, 
         np.testing.assert_allclose(image.astype(np.float32), original, rtol=2**-10, atol=1e-3)
     per_slice = size / 20
     assert 2 * 128 * 128 < per_slice < 2 * 128 * 128 + 3072  # float16 pixels; npy, tar and JSON overhead ~2.5 KiB
+
+
+def test_the_fast_encoders_write_what_numpy_writes(real_slices):
+    images = [image for _, image, _ in real_slices[:8]]
+    stack = sample_stack(images)
+    assert stack.dtype == np.float16 and stack.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(stack, np.stack(images).astype(np.float16))  # same rounding as numpy's cast
+    buffer = io.BytesIO()
+    np.save(buffer, stack[0])
+    assert npy_bytes(images[0]) == npy_bytes(stack[0]) == buffer.getvalue()
 
 
 def test_member_names_are_key_dot_extension(real_slices, tmp_path):
