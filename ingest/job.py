@@ -123,6 +123,12 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     store = ManifestStore(settings.output, settings.storage)
     previous = store.latest()
+    preprocess = json.loads(settings.preprocess.to_json())
+    if previous.preprocess not in (None, preprocess):
+        raise ValueError(
+            f"{settings.output} holds slices made with preprocess {previous.preprocess} (manifest v{previous.version}); "
+            f"this run asks for {preprocess}. Set ingest.preprocess to match, or ingest into a new output root"
+        )
     tasks, seen = plan_tasks(specs, settings.storage, previous)
     report = IngestReport(run_id, previous.version, committed=False, scans_seen=seen)
     if not tasks:
@@ -152,7 +158,7 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     if fault_hook:
         fault_hook("before_commit")
     licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
-    report.manifest_version = store.commit(previous, run_id, tables, licences)
+    report.manifest_version = store.commit(previous, run_id, tables, licences, preprocess)
     report.committed = True
     sweep_uncommitted(store, settings)
 

@@ -98,6 +98,7 @@ class Manifest:
     slices: pa.Table
     labels: pa.Table
     datasets: dict[str, dict[str, str]]  # name -> {"licence", "citation"}
+    preprocess: dict[str, Any] | None = None  # the PreprocessSpec every slice was made with (None: not recorded)
 
     @classmethod
     def empty(cls) -> Manifest:
@@ -144,7 +145,8 @@ class ManifestStore:
             )
         tables = {name: pq.read_table(f"{self.root}/{commit['tables'][name]}", filesystem=self.fs, schema=schema)
                   for name, schema in TABLES.items()}
-        return Manifest(commit["version"], commit["run_id"], datasets=commit["datasets"], **tables)
+        return Manifest(commit["version"], commit["run_id"], datasets=commit["datasets"],
+                        preprocess=commit.get("preprocess"), **tables)
 
     def write_tables(self, run_id: str, tables: dict[str, pa.Table]) -> dict[str, str]:
         """Write a run's full ``scans``, ``slices`` and ``labels`` (invisible until ``commit``); returns
@@ -157,10 +159,12 @@ class ManifestStore:
             pq.write_table(tables[name], f"{self.root}/{paths[name]}", filesystem=self.fs)
         return paths
 
-    def commit(self, previous: Manifest, run_id: str, tables: dict[str, str], datasets: dict[str, dict[str, str]]) -> int:
+    def commit(self, previous: Manifest, run_id: str, tables: dict[str, str], datasets: dict[str, dict[str, str]],
+               preprocess: dict[str, Any]) -> int:
         """Make a run's tables current by writing the next version file; refuses if another run committed.
 
-        ``datasets`` (name -> licence and citation) is merged into the previous version's.
+        ``datasets`` (name -> licence and citation) is merged into the previous version's; ``preprocess``
+        is the spec the run's slices were made with (the same for every run of one root).
         """
         latest = self.versions()
         if (latest[-1] if latest else 0) != previous.version:
@@ -170,7 +174,7 @@ class ManifestStore:
             )
         version = previous.version + 1
         record = {"version": version, "schema_version": SCHEMA_VERSION, "run_id": run_id,
-                  "tables": tables, "datasets": {**previous.datasets, **datasets},
+                  "tables": tables, "datasets": {**previous.datasets, **datasets}, "preprocess": preprocess,
                   "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_bytes(self.fs, f"{self.root}/manifest/v{version:06d}.json", json.dumps(record, indent=1).encode())
         return version

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
-import yaml
 
-DATASET_SPECS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
+from braindino.volumes import PreprocessSpec
+from pipelines.train.data import ShardIndex, shard_index
 
 
 class EncoderModel(mlflow.pyfunc.PythonModel):
@@ -38,7 +38,7 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         return self.encoder.encode_slices(slices).numpy()
 
 
-def export_encoder(checkpoint_dir: str | Path, config, out: Path) -> Path:
+def export_encoder(checkpoint_dir: str | Path, config, out: Path, preprocess: PreprocessSpec) -> Path:
     """Write the teacher backbone of a pretraining checkpoint as ``out/encoder.safetensors`` (+ sidecars)."""
     from braindino.features import Encoder
     from braindino.models.vit import VisionTransformer
@@ -48,27 +48,26 @@ def export_encoder(checkpoint_dir: str | Path, config, out: Path) -> Path:
     backbone = VisionTransformer(config.model.vit())
     backbone.load_state_dict(load_backbone_weights(checkpoint_dir, "teacher"), strict=True)
     Encoder(backbone).save(out / "encoder.safetensors")
-    (out / "preprocess.json").write_text(config.register.preprocess.to_json() + "\n")
+    (out / "preprocess.json").write_text(preprocess.to_json() + "\n")
     return out / "encoder.safetensors"
 
 
-def dataset_licences(datasets: list[str]) -> dict[str, dict[str, str]]:
-    """Licence and citation of each dataset from its spec under ``configs/datasets/`` (when present)."""
-    found = {}
-    for name in datasets:
-        path = DATASET_SPECS / f"{name}.yaml"
-        raw = yaml.safe_load(path.read_text()) if path.exists() else {}
-        found[name] = {"licence": raw.get("licence", "unknown: no dataset spec found"),
-                       "citation": raw.get("citation", "")}
-    return found
+def manifest_preprocess(index: ShardIndex) -> PreprocessSpec:
+    """The preprocessing the training slices were made with, as the ingest recorded it in the manifest."""
+    if index.preprocess is None:
+        raise ValueError(f"{index.root}: manifest v{index.version} records no preprocessing spec (it predates "
+                         "that record); re-ingest into a new output root, then train and register from it")
+    return PreprocessSpec.from_json(json.dumps(index.preprocess))
 
 
-def model_card(config, run, index_summary: dict, checkpoint: str) -> str:
+def model_card(config, run, index: ShardIndex, checkpoint: str) -> str:
     """Markdown model card: architecture, data, training, probe scores, intended use."""
     vit = config.model.vit()
     params = run.data.params
     metrics = run.data.metrics
-    licences = dataset_licences(sorted(index_summary.get("datasets", {})))
+    index_summary = json.loads(run.data.tags.get("data.summary", "{}"))
+    unknown = {"licence": "unknown: not in the manifest", "citation": ""}
+    licences = {name: index.licences.get(name, unknown) for name in index_summary.get("datasets", {})}
     lines = [
         f"# {config.register.model_name}",
         "",
@@ -102,25 +101,30 @@ def model_card(config, run, index_summary: dict, checkpoint: str) -> str:
         "diagnosis, treatment or any decision about a patient.",
         "",
         "## Input",
-        f"Preprocessing spec (`preprocess.json`): `{config.register.preprocess.to_json()}`",
+        f"Preprocessing spec (`preprocess.json`, as ingest recorded it): `{manifest_preprocess(index).to_json()}`",
     ]
     return "\n".join(lines) + "\n"
 
 
-def register_run(config, checkpoint_dir: str | Path, run_id: str, tracking_uri: str, index=None) -> str:
-    """Export, log and register the encoder of ``run_id``; sets ``register.alias``; returns the version."""
+def register_run(config, checkpoint_dir: str | Path, run_id: str, tracking_uri: str,
+                 index: ShardIndex | None = None) -> str:
+    """Export, log and register the encoder of ``run_id``; sets ``register.alias``; returns the version.
+
+    Licences and the preprocessing spec come from the manifest the run trained on (``index``, else the
+    one its ``data.manifest`` tag names).
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
-    summary = json.loads(run.data.tags.get("data.summary", "{}"))
+    index = index or shard_index(run.data.tags["data.manifest"], config.data.store)
     name = config.register.model_name
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "encoder"
-        export_encoder(checkpoint_dir, config, export)
-        card = model_card(config, run, summary, str(checkpoint_dir))
+        export_encoder(checkpoint_dir, config, export, manifest_preprocess(index))
+        card = model_card(config, run, index, str(checkpoint_dir))
         (export / "MODEL_CARD.md").write_text(card)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(

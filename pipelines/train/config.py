@@ -16,7 +16,6 @@ from braindino.models.vit import ViTConfig
 from braindino.optim import OptimConfig
 from braindino.ssl.schedules import ScheduleConfig
 from braindino.ssl.self_distillation import SelfDistillationConfig
-from braindino.volumes.spec import PreprocessSpec
 from ingest.storage import ObjectStoreConfig
 from pipelines.tracking import TrackingConfig
 
@@ -140,7 +139,6 @@ class RegisterConfig:
     enabled: bool = True
     model_name: str = "braindino-encoder"
     alias: str = "candidate"
-    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)  # must match the ingest that wrote the shards
 
 
 @dataclass

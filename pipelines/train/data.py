@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ class ShardIndex:
     n_slices: int
     scans: tuple[dict, ...]  # (dataset, sequence, subject, slices_kept) per ok scan
     inactive_keys: frozenset[str] = frozenset()  # superseded samples still inside listed shards: skipped
+    preprocess: dict | None = None  # the PreprocessSpec ingest made every slice with (None: not recorded)
+    licences: dict = field(default_factory=dict)  # dataset -> {"licence", "citation"}
 
     def datasets(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -68,7 +70,8 @@ def shard_index(root: str, store: ObjectStoreConfig) -> ShardIndex:
                   for row in manifest.current_scans() if row["status"] == "ok")
     return ShardIndex(root=root, version=manifest.version, digest=digest.hexdigest(),
                       shards=tuple(f"{manifests.root}/{s}" for s in shards), n_slices=slices.num_rows, scans=scans,
-                      inactive_keys=frozenset(manifest.inactive_sample_keys()))
+                      inactive_keys=frozenset(manifest.inactive_sample_keys()), preprocess=manifest.preprocess,
+                      licences=manifest.datasets)
 
 
 def _decode(batch: dict) -> dict:

@@ -10,8 +10,10 @@ a changed object supersedes its old rows.
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +292,15 @@ def test_a_rerun_with_nothing_new_writes_nothing(world, killed_then_rerun):
     report = ingest(world["config"])
     assert not report.committed and report.scans_processed == 0 and report.manifest_version == 1
     assert stored_objects(world) == before
+
+
+def test_a_rerun_with_another_preprocess_spec_is_refused_before_writing(world, killed_then_rerun):
+    before = stored_objects(world)
+    config = world["config"]
+    other = replace(config, ingest=replace(config.ingest, preprocess=replace(SPEC, slice_size=64)))
+    with pytest.raises(ValueError, match="'slice_size': 128.*'slice_size': 64"):
+        ingest(other)
+    assert latest(world).preprocess == json.loads(SPEC.to_json()) and stored_objects(world) == before
 
 
 def test_a_changed_object_supersedes_its_old_rows(world, killed_then_rerun, object_store, real_file):

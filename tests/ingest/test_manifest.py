@@ -88,15 +88,16 @@ def test_tables_stay_invisible_until_the_version_file_is_committed(where, tmp_pa
     tables = store.write_tables("run-1", {"scans": first.scans, "slices": first.slices, "labels": first.labels})
     assert store.latest().version == 0 and store.versions() == []  # written, not committed: invisible
 
-    assert store.commit(Manifest.empty(), "run-1", tables, {"ds": {"licence": "CC0", "citation": "x"}}) == 1
+    spec = {"slice_size": 96, "spacing": [2.0, 2.0, 2.0]}
+    assert store.commit(Manifest.empty(), "run-1", tables, {"ds": {"licence": "CC0", "citation": "x"}}, spec) == 1
     latest = store.latest()
     assert (latest.version, latest.run_id, latest.scans.num_rows, latest.slices.num_rows) == (1, "run-1", 1, 2)
-    assert latest.datasets == {"ds": {"licence": "CC0", "citation": "x"}}
+    assert latest.datasets == {"ds": {"licence": "CC0", "citation": "x"}} and latest.preprocess == spec
     assert latest.scans.schema.metadata[b"braindino.manifest.schema_version"] == b"1"
 
     stale = store.write_tables("run-2", {"scans": first.scans, "slices": first.slices, "labels": first.labels})
     with pytest.raises(RuntimeError, match="another ingest wrote to this output root"):
-        store.commit(Manifest.empty(), "run-2", stale, {})
+        store.commit(Manifest.empty(), "run-2", stale, {}, spec)
     assert store.versions() == [1]
 
 

@@ -68,8 +68,6 @@ def tiny_overrides(object_store, ingested):
             f"tracking.tracking_uri={mlflow.tracking_uri}",
             f"tracking.artifact_root={mlflow.artifact_root}",
             f"checkpoint.storage_path={root / 'ray_results'}",
-            f"register.preprocess.spacing={list(PREPROCESS.spacing)}",
-            f"register.preprocess.slice_size={PREPROCESS.slice_size}",
         ]
 
     return build

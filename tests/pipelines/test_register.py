@@ -15,9 +15,11 @@ from mlflow.tracking import MlflowClient
 from braindino.config import load_config
 from braindino.features import Encoder
 from braindino.models.vit import VisionTransformer
+from braindino.volumes import PreprocessSpec
 from pipelines.register import export_encoder, main as register_main, register_run
 from pipelines.train.checkpoint import TrainState, save_checkpoint
 from pipelines.train.config import PretrainConfig
+from pipelines.train.data import ShardIndex
 from pipelines.train.loop import build_model
 
 pytestmark = pytest.mark.timeout(300)
@@ -47,11 +49,11 @@ def checkpoint(tmp_path):
 
 def test_export_writes_the_teacher_backbone_as_safetensors_with_its_specs(tmp_path, checkpoint):
     config, directory, teacher = checkpoint
-    weights = export_encoder(directory, config, tmp_path / "export")
+    weights = export_encoder(directory, config, tmp_path / "export", PreprocessSpec(slice_size=96))
     encoder = Encoder.from_checkpoint(weights)
     for key, value in encoder.backbone.state_dict().items():
         assert torch.equal(value, teacher[key]), key
-    assert json.loads((tmp_path / "export" / "preprocess.json").read_text())["slice_size"] == 256
+    assert json.loads((tmp_path / "export" / "preprocess.json").read_text())["slice_size"] == 96
     assert json.loads(weights.with_suffix(".json").read_text())["vit"]["size"] == "micro"
 
 
@@ -64,11 +66,14 @@ def test_register_sets_candidate_with_a_model_card_and_promote_sets_champion(che
         "data.manifest": "s3://bucket/ingest", "data.manifest_version": "3", "data.manifest_digest": "ab" * 32,
         "data.summary": json.dumps({"slices": 384, "datasets": {"icbm152": 2}}), "git.commit": "0" * 40})
     client.log_metric(run.info.run_id, "knn_probe_accuracy", 0.875, step=42)
-    version = register_run(config, directory, run.info.run_id, mlflow_local.tracking_uri)
+    index = ShardIndex(root="s3://bucket/ingest", version=3, digest="ab" * 32, shards=(), n_slices=384, scans=(),
+                       preprocess=json.loads(PreprocessSpec(spacing=(2.0, 2.0, 2.0)).to_json()),
+                       licences={"icbm152": {"licence": "MNI ICBM152 templates", "citation": "Fonov 2011"}})
+    version = register_run(config, directory, run.info.run_id, mlflow_local.tracking_uri, index)
     registered = client.get_model_version_by_alias("braindino-encoder", "candidate")
     assert str(registered.version) == version and registered.run_id == run.info.run_id
     card = registered.description
-    for fact in ("ViT `micro`", "MNI ICBM152 templates", "0.875", "Research only", "not for clinical",
+    for fact in ("ViT `micro`", "MNI ICBM152 templates", "Fonov 2011", '"spacing": [2.0, 2.0, 2.0]', "0.875", "Research only", "not for clinical",
                  "ab" * 32, "stage 2"):
         assert fact in card, fact
     assert registered.tags["intended_use"] == "research, not clinical"
