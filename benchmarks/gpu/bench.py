@@ -6,8 +6,8 @@
   (``MixedPrecisionPolicy``), a few steps of the real training step, the EMA update on shards, and a
   distributed-checkpoint save/load round trip.
 - ``throughput``: ``base`` at 224 px (2 x 224 + 8 x 96 crops, the ``configs/pretrain/base-gpu.yaml``
-  batch), images/s with the batched augmentation on the GPU and with the CPU form in DataLoader
-  workers; FLOPs per sample (student forward + backward, teacher forward) counted with
+  batch), images/s with the batched augmentation on the GPU (eager, and with per-block
+  ``torch.compile``) and with the CPU form in DataLoader workers; FLOPs per sample (student forward + backward, teacher forward) counted with
   ``torch.utils.flop_counter`` and the MFU against a dense bf16 peak (989 TFLOP/s for H100/H200 SXM).
 - ``memory``: peak GPU memory of the training step for ``base`` and ``large`` at the default batch
   (and ``base`` at the stage-2 resolution).
@@ -222,10 +222,19 @@ def sanity(out: dict) -> None:
     out["ok"] = out["finite"] and out["ema_moved_teacher"] and worst == 0.0 and out["backend"] in ("nccl", "gloo")
 
 
+THROUGHPUT_VARIANTS = (  # result key, where multi-crop runs, per-block torch.compile
+    ("base224_gpu_aug", "worker", False),
+    ("base224_gpu_aug_compiled", "worker", True),
+    ("base224_cpu_aug", "ray_data", False),
+)
+
+
 def throughput(out: dict, steps: int, warmup: int) -> None:
     data = slices(512)
-    for mode in ("worker", "ray_data"):
-        config = config_for("base", augment_on=mode)
+    for key, mode, compiled in THROUGHPUT_VARIANTS:
+        if compiled and SMOKE:  # inductor on a CPU smoke run would only time the compiler
+            continue
+        config = config_for("base", augment_on=mode, overrides=[f"parallel.compile={str(compiled).lower()}"])
         trainer = trainer_for(config)
         if mode == "worker":  # raw slices already on the GPU; BatchMaker runs BatchedMultiCrop there
             source, prepare = gpu_batches(config, "stage1", torch.from_numpy(data)), trainer.batch_maker()
@@ -236,8 +245,7 @@ def throughput(out: dict, steps: int, warmup: int) -> None:
 
             def prepare(batch):
                 return batch.to(DEVICE)
-        result = timed_steps(trainer, source, prepare, steps, warmup)
-        out[f"base224_{'gpu' if mode == 'worker' else 'cpu'}_aug"] = result
+        out[key] = timed_steps(trainer, source, prepare, steps, warmup)
         del trainer, source
         empty_cache()
     config = config_for("base")
@@ -245,8 +253,9 @@ def throughput(out: dict, steps: int, warmup: int) -> None:
     out["flops"] = flops
     peak = peak_for(device_name())
     out["peak_flops_bf16"] = peak
-    for key in ("base224_gpu_aug", "base224_cpu_aug"):
-        out[key]["mfu"] = flops["flops_per_sample"] * out[key]["images_per_s"] / peak
+    for key, _, _ in THROUGHPUT_VARIANTS:
+        if key in out:
+            out[key]["mfu"] = flops["flops_per_sample"] * out[key]["images_per_s"] / peak
 
 
 def memory(out: dict, steps: int) -> None:

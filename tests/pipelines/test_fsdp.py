@@ -117,6 +117,25 @@ def _load_worker(rank: int, world: int, port: int, directory: str, out: str) -> 
     dist.destroy_process_group()
 
 
+def _options_worker(rank: int, world: int, port: int, out: str) -> None:
+    from pipelines.train.parallelize import parallelize, world_mesh
+
+    _init(rank, world, port)
+    results = {}
+    for name, options in (("plain", ParallelConfig()), ("checkpointed_compiled",
+                                                        ParallelConfig(activation_checkpointing=True, compile=True))):
+        model = _model()
+        mesh = world_mesh("cpu")
+        parallelize(model.student, mesh, options, trainable=True)
+        parallelize(model.teacher, mesh, options, trainable=False)
+        loss, _ = model(_batch(0), teacher_temp=0.04)
+        loss.backward()
+        results[name] = {"loss": loss.item(), "grads": {n: p.grad.full_tensor().clone()
+                                                        for n, p in model.student.named_parameters() if p.grad is not None}}
+    torch.save(results, out)
+    dist.destroy_process_group()
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,6 +148,16 @@ def test_sharded_ema_update_equals_unsharded(tmp_path):
     result = torch.load(out)
     assert result["keys"]
     assert result["worst"] < 1e-6
+
+
+def test_activation_checkpointing_and_compile_leave_loss_and_gradients_unchanged(tmp_path):
+    out = tmp_path / "options.pt"
+    mp.spawn(_options_worker, args=(1, _port(), str(out)), nprocs=1)
+    plain, optimised = torch.load(out).values()
+    assert optimised["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert sorted(optimised["grads"]) == sorted(plain["grads"]) and len(plain["grads"]) > 20
+    for name, grad in plain["grads"].items():
+        torch.testing.assert_close(optimised["grads"][name], grad, atol=1e-4, rtol=1e-3, msg=name)
 
 
 def test_checkpoint_saved_by_two_ranks_loads_on_one(tmp_path):
