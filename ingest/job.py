@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray.data import TaskPoolStrategy
@@ -131,33 +132,17 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
         )
     tasks, seen = plan_tasks(specs, settings.storage, previous)
     report = IngestReport(run_id, previous.version, committed=False, scans_seen=seen)
-    if not tasks:
+    labels = next_labels(previous, label_rows(specs, settings.storage))
+    licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
+    if not tasks and same_rows(labels, previous.labels) and all(previous.datasets.get(n) == v for n, v in licences.items()):
         report.seconds = time.monotonic() - started
         return report
 
-    prepare_root(settings.output, settings.storage, sorted({task["dataset"] for task in tasks}))
-    processed = (
-        ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        .map(process_unit, fn_kwargs={"settings": settings, "specs": {s.name: s for s in specs}},
-             compute=TaskPoolStrategy(size=settings.concurrency))
-        .materialize()
-    )
-    scan_rows = [json.loads(row["scan"]) for row in processed.select_columns(["scan"]).iter_rows()]
-    skip = unchanged_content(previous, scan_rows)
-    slice_rows = write_shards(processed, skip, settings, run_id) if sum(r["slices_kept"] for r in scan_rows) else []
-
-    shards_of: dict[str, set[str]] = defaultdict(set)
-    for row in slice_rows:
-        shards_of[row["volume_id"]].add(row["shard"])
-    for row in scan_rows:
-        row["shards"] = sorted(shards_of.get(row["volume_id"], ()))
-        row["run_id"] = run_id
+    scan_rows, slice_rows, skip = process_tasks(tasks, previous, specs, settings, run_id) if tasks else ([], [], set())
     scans, slices = next_tables(previous, scan_rows, [{k: r[k] for k in r if k != "bytes"} for r in slice_rows])
-    labels = next_labels(previous, label_rows(specs, settings.storage))
     tables = store.write_tables(run_id, {"scans": scans, "slices": slices, "labels": labels})
     if fault_hook:
         fault_hook("before_commit")
-    licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
     report.manifest_version = store.commit(previous, run_id, tables, licences, preprocess)
     report.committed = True
     sweep_uncommitted(store, settings)
@@ -172,6 +157,39 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     report.qc = write_qc(fresh, settings, run_id)
     report.seconds = time.monotonic() - started
     return report
+
+
+def process_tasks(tasks: list[dict[str, Any]], previous: Manifest, specs: list[DatasetSpec], settings: IngestSettings,
+                  run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
+    """Process every task on Ray Data and write the new slices' shards.
+
+    Returns the scan rows, the slice rows and the volume ids whose content the ledger already holds.
+    """
+    prepare_root(settings.output, settings.storage, sorted({task["dataset"] for task in tasks}))
+    processed = (
+        ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        .map(process_unit, fn_kwargs={"settings": settings, "specs": {s.name: s for s in specs}},
+             compute=TaskPoolStrategy(size=settings.concurrency))
+        .materialize()
+    )
+    scan_rows = [json.loads(row["scan"]) for row in processed.select_columns(["scan"]).iter_rows()]
+    skip = unchanged_content(previous, scan_rows)
+    slice_rows = write_shards(processed, skip, settings, run_id) if sum(r["slices_kept"] for r in scan_rows) else []
+    shards_of: dict[str, set[str]] = defaultdict(set)
+    for row in slice_rows:
+        shards_of[row["volume_id"]].add(row["shard"])
+    for row in scan_rows:
+        row["shards"] = sorted(shards_of.get(row["volume_id"], ()))
+        row["run_id"] = run_id
+    return scan_rows, slice_rows, skip
+
+
+def same_rows(a: pa.Table, b: pa.Table) -> bool:
+    """Whether two tables of one schema hold the same rows, in any order."""
+    def rows(table: pa.Table) -> list[tuple]:
+        return sorted(tuple(str(v) for v in row.values()) for row in table.to_pylist())
+
+    return rows(a) == rows(b)
 
 
 def sweep_uncommitted(store: ManifestStore, settings: IngestSettings) -> None:

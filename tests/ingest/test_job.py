@@ -321,3 +321,17 @@ def test_a_changed_object_supersedes_its_old_rows(world, killed_then_rerun, obje
     assert len(manifest.inactive_sample_keys()) == old["slices_kept"]
     written = list_shards(world["fs"], f"{world['root']}/shards/{manifest.run_id}")
     assert sorted(f"shards/{manifest.run_id}/{Path(p).name}" for p in written) == new["shards"]
+
+
+def test_a_changed_label_table_alone_commits_new_labels_and_nothing_else(world, killed_then_rerun, object_store):
+    before = latest(world)
+    object_store.boto3_client().put_object(Bucket=world["bucket"], Key="tables/lab_participants.csv",
+                                           Body=b"subject,age,group\n01,35,control\n02,71,AD\n")
+    report = ingest(world["config"])
+    after = latest(world)
+    assert report.committed and report.scans_processed == 0 and report.slices == 0
+    assert after.version == before.version + 1
+    assert after.scans.equals(before.scans) and after.slices.equals(before.slices)
+    ages = {r["value"] for r in after.labels.to_pylist() if r["dataset"] == "lab" and r["label"] == "age"}
+    assert ages == {"35", "71"}
+    assert not ingest(world["config"]).committed  # and the next run finds nothing new again
