@@ -43,33 +43,34 @@ def flat_pair(values: np.ndarray, where: np.ndarray | None) -> tuple[np.ndarray,
 def tail_values(flat: np.ndarray, mask: np.ndarray | None, count: int, ranks: np.ndarray) -> np.ndarray | None:
     """The values at ``ranks`` (sorted) of ``flat[mask]``, selected among the values in its two tails.
 
-    A strided sample of about ``SAMPLE_SIZE`` values places a threshold a safe margin beyond the
-    highest rank of the lower half (and below the lowest rank of the upper half); the values on the far
-    side of it are gathered and the ranks selected among them by ``np.partition``. That is exact as soon
-    as the tail holds every value up to the rank, which is checked: ``None`` when a tail falls short
-    (then the caller partitions everything).
+    A strided sample of about ``SAMPLE_SIZE`` values places a limit a safe margin beyond the highest
+    rank of the lower half and one below the lowest rank of the upper half; the values beyond the limits
+    are gathered in one pass and the ranks selected among them by ``np.partition``. That is exact as
+    soon as each tail holds every value up to its ranks, which is checked: ``None`` when a tail falls
+    short (then the caller partitions everything).
     """
     step = max(1, count // SAMPLE_SIZE)
     sample = flat[::step] if mask is None else flat[::step][mask[::step]]
     if sample.size < SAMPLE_SIZE // 4:
         return None
     sample = np.sort(sample)
-    out = np.empty(ranks.size, dtype=flat.dtype)
     low = ranks < count // 2
-    if low.any():
-        rank = int(ranks[low][-1])  # the tail must hold the rank + 1 smallest values
-        tail = gather(flat, mask, flat <= sampled_quantile(sample, (rank + 1) / count, +1))
-        if tail.size <= rank:
-            return None
-        out[low] = np.partition(tail, ranks[low])[ranks[low]]
-    if not low.all():
-        rank = int(ranks[~low][0])  # the tail must hold the count - rank largest values
-        tail = gather(flat, mask, flat >= sampled_quantile(sample, rank / count, -1))
-        if tail.size < count - rank:
-            return None
-        in_tail = ranks[~low] - (count - tail.size)
-        out[~low] = np.partition(tail, in_tail)[in_tail]
-    return out
+    need_lower = int(ranks[low][-1]) + 1 if low.any() else 0  # smallest values the lower tail must hold
+    need_upper = count - int(ranks[~low][0]) if not low.all() else 0  # largest values the upper tail must hold
+    low_limit = sampled_quantile(sample, need_lower / count, +1) if need_lower else -np.inf
+    high_limit = sampled_quantile(sample, 1.0 - need_upper / count, -1) if need_upper else np.inf
+    if low_limit >= high_limit:
+        return None
+    chosen = flat <= low_limit
+    chosen |= flat >= high_limit
+    if mask is not None:
+        chosen &= mask
+    tails = flat[chosen]
+    lower, upper = tails[tails <= low_limit], tails[tails >= high_limit]
+    if lower.size < need_lower or upper.size < need_upper:
+        return None
+    in_upper = ranks[~low] - (count - upper.size)
+    return np.concatenate([np.partition(lower, ranks[low])[ranks[low]], np.partition(upper, in_upper)[in_upper]])
 
 
 def sampled_quantile(sample: np.ndarray, fraction: float, side: int) -> float:
@@ -77,12 +78,6 @@ def sampled_quantile(sample: np.ndarray, fraction: float, side: int) -> float:
     margin = TAIL_MARGIN_SIGMAS * np.sqrt(fraction * (1.0 - fraction) / sample.size) + 2.0 / sample.size
     index = int(np.floor((fraction + side * margin) * sample.size))
     return sample[min(max(index, 0), sample.size - 1)]
-
-
-def gather(flat: np.ndarray, mask: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
-    if mask is not None:
-        chosen &= mask
-    return flat[chosen]
 
 
 def normalise_intensity(
@@ -93,8 +88,8 @@ def normalise_intensity(
     Foreground is ``mask`` when given (a boolean array on the volume's grid), otherwise the non-zero
     voxels. Voxels outside the foreground are set to exactly 0. Raises ``ValueError`` when the
     foreground is empty or constant (nothing to normalise). Works on whole arrays in the volume's
-    layout (no gather and scatter of the foreground): clip, zero the background, subtract the mean
-    inside the foreground, divide by the standard deviation.
+    layout, without gathering the foreground: clip, subtract the mean, zero the background, divide by
+    the standard deviation (of the centred, zeroed array: no cancellation).
     """
     data = vol.data
     foreground = (data != 0) if mask is None else np.asarray(mask, dtype=bool)
@@ -104,12 +99,14 @@ def normalise_intensity(
     if count == 0:
         raise ValueError("normalise_intensity: the foreground is empty (an all-zero volume or mask)")
     low, high = percentiles(data, clip, where=foreground)
-    out = np.maximum(data, np.float32(low))
+    source = data if mask is None else np.where(foreground, data, np.float32(0))
+    out = np.maximum(source, np.float32(low))
     np.minimum(out, np.float32(high), out=out)
-    np.multiply(out, foreground, out=out)
     flat = out.ravel("K")
-    mean = float(flat.sum(dtype=np.float64)) / count
-    np.subtract(out, np.float32(mean), out=out, where=foreground)
+    background_value = float(np.minimum(np.maximum(np.float32(0), np.float32(low)), np.float32(high)))
+    mean = (float(flat.sum(dtype=np.float64)) - (flat.size - count) * background_value) / count
+    out -= np.float32(mean)
+    np.multiply(out, foreground, out=out)
     std = float(np.sqrt(np.dot(flat, flat) / count))
     if std == 0.0:
         raise ValueError("normalise_intensity: the foreground is constant after clipping")
