@@ -18,11 +18,12 @@ import torch
 from braindino.augment.config import BIAS_FIELD_TERMS, BLUR_TRUNCATE, MultiCropConfig
 from braindino.augment.noise import NormalPool
 
-# Crops up to this size are blurred by matrix products, larger ones by shifted adds.
-OPERATOR_BLUR_MAX_SIZE = 128
+# Crops up to this size are blurred by matrix products, larger ones by shifted adds (measured crossover).
+OPERATOR_BLUR_MAX_SIZE = 64
 
-# Columns of the per-crop uniform draws in ``MultiCropAugment._views``.
+# Columns of the per-crop parameters (``draw_crop_parameters``): uniform draws mapped to their ranges.
 FLIP, JITTER, CONTRAST, BRIGHTNESS, GAMMA, BIAS, BLUR, BLUR_SIGMA, NOISE, NOISE_SIGMA = range(10)
+BIAS_COEFFICIENTS = slice(10, 10 + len(BIAS_FIELD_TERMS))
 
 
 class MultiCropAugment:
@@ -42,47 +43,55 @@ class MultiCropAugment:
         image = np.ascontiguousarray(slice, dtype=np.float32)
         if image.ndim != 2:
             raise ValueError(f"MultiCropAugment expects one [H, W] slice, got shape {image.shape}")
-        counts = foreground_integral(image)
+        cfg = self.config
+        (n_global, global_size, global_scale), (n_local, local_size, local_scale) = cfg.views()
+        # Every random number of the sample in two draws: the boxes of all crops, then their parameters.
+        scale = np.repeat([global_scale, local_scale], [n_global, n_local], axis=0)
+        boxes = sample_crop_boxes(self.rng, foreground_integral(image), n_global + n_local, scale,
+                                  cfg.aspect_ratio, cfg.min_brain_fraction, cfg.max_crop_tries)
+        parameters = draw_crop_parameters(self.rng, cfg, n_global + n_local)
         columns = np.ascontiguousarray(image.T)
-        views = {}
-        for name, (count, size, scale) in zip(("global", "local"), self.config.views()):
-            views[name] = list(self._views(columns, counts, count, size, scale)) if count else []
+        views = {"global": list(self._views(columns, boxes[:n_global], parameters[:n_global], global_size))}
+        views["local"] = list(self._views(columns, boxes[n_global:], parameters[n_global:], local_size)) if n_local else []
         return views
 
-    def _views(self, columns: np.ndarray, counts: np.ndarray, count: int, size: int,
-               scale: tuple[float, float]) -> np.ndarray:
-        cfg, rng = self.config, self.rng
-        boxes = sample_crop_boxes(rng, counts, count, scale, cfg.aspect_ratio, cfg.min_brain_fraction,
-                                  cfg.max_crop_tries)
-        draws = rng.random((count, 10))
-        bias = rng.uniform(-cfg.bias_field_strength, cfg.bias_field_strength, (count, len(BIAS_FIELD_TERMS)))
-
-        def uniform(column: int, bounds: tuple[float, float], rows: np.ndarray) -> np.ndarray:
-            return (bounds[0] + (bounds[1] - bounds[0]) * draws[rows, column]).astype(np.float32)
-
-        crops = resize_crops(columns, boxes, draws[:, FLIP] < cfg.flip_p, size)
+    def _views(self, columns: np.ndarray, boxes: np.ndarray, parameters: np.ndarray, size: int) -> np.ndarray:
+        cfg = self.config
+        crops = resize_crops(columns, boxes, parameters[:, FLIP] < cfg.flip_p, size)
         foreground = crops != 0
-        jitter = np.flatnonzero(draws[:, JITTER] < cfg.intensity_p)
+        jitter = np.flatnonzero(parameters[:, JITTER] < cfg.intensity_p)
         if jitter.size:
-            in_place(crops, jitter, lambda part: jitter_intensity(
-                part, uniform(CONTRAST, cfg.contrast, jitter), uniform(BRIGHTNESS, cfg.brightness, jitter),
-                uniform(GAMMA, cfg.gamma, jitter)))
-        biased = np.flatnonzero(draws[:, BIAS] < cfg.bias_field_p)
+            in_place(crops, jitter, lambda part: jitter_intensity(part, *parameters[jitter, CONTRAST:GAMMA + 1].T))
+        biased = np.flatnonzero(parameters[:, BIAS] < cfg.bias_field_p)
         if biased.size:
-            for row, field in zip(biased, bias_field(bias[biased], size)):
+            for row, field in zip(biased, bias_field(parameters[biased, BIAS_COEFFICIENTS], size)):
                 crops[row] *= field
         if jitter.size or biased.size:
             crops *= foreground  # background back to exactly 0 (a no-op on untouched crops)
-        blurred = np.flatnonzero(draws[:, BLUR] < cfg.blur_p)
+        blurred = np.flatnonzero(parameters[:, BLUR] < cfg.blur_p)
         if blurred.size:
-            crops[blurred] = gaussian_blur(crops[blurred], uniform(BLUR_SIGMA, cfg.blur_sigma, blurred))
-        noisy = np.flatnonzero(draws[:, NOISE] < cfg.noise_p)
+            crops[blurred] = gaussian_blur(crops[blurred], parameters[blurred, BLUR_SIGMA].astype(np.float64))
+        noisy = np.flatnonzero(parameters[:, NOISE] < cfg.noise_p)
         if noisy.size:
-            self.noise = self.noise or NormalPool(rng)
-            normals = self.noise.windows(rng, noisy.size, (1 if cfg.noise_kind == "gaussian" else 2, size, size))
-            crops[noisy] = add_noise(crops[noisy], uniform(NOISE_SIGMA, cfg.noise_sigma, noisy), cfg.noise_kind,
-                                     normals)
+            self.noise = self.noise or NormalPool(self.rng)
+            normals = self.noise.windows(self.rng, noisy.size,
+                                         (1 if cfg.noise_kind == "gaussian" else 2, size, size))
+            crops[noisy] = add_noise(crops[noisy], parameters[noisy, NOISE_SIGMA], cfg.noise_kind, normals)
         return crops
+
+
+def draw_crop_parameters(rng: np.random.Generator, config: MultiCropConfig, count: int) -> np.ndarray:
+    """``[count, columns]`` float32 per-crop parameters, one uniform draw each: the probability columns
+    (``FLIP``, ``JITTER``, ``BIAS``, ``BLUR``, ``NOISE``) in [0, 1) to compare with their ``*_p``, the others
+    in their configured ranges, the bias field coefficients in +-``bias_field_strength``."""
+    strength = config.bias_field_strength
+    bounds = [(0, 1)] * (BIAS_COEFFICIENTS.stop)
+    for column, values in ((CONTRAST, config.contrast), (BRIGHTNESS, config.brightness), (GAMMA, config.gamma),
+                           (BLUR_SIGMA, config.blur_sigma), (NOISE_SIGMA, config.noise_sigma)):
+        bounds[column] = values
+    bounds[BIAS_COEFFICIENTS] = [(-strength, strength)] * len(BIAS_FIELD_TERMS)
+    low, high = np.array(bounds, dtype=np.float64).T
+    return (low + (high - low) * rng.random((count, len(bounds)))).astype(np.float32)
 
 
 def in_place(stack: np.ndarray, rows: np.ndarray, operation: Callable[[np.ndarray], object]) -> None:
@@ -103,22 +112,25 @@ def foreground_integral(image: np.ndarray) -> np.ndarray:
     return counts
 
 
-def sample_crop_boxes(rng: np.random.Generator, counts: np.ndarray, count: int, scale: tuple[float, float],
+def sample_crop_boxes(rng: np.random.Generator, counts: np.ndarray, count: int, scale: tuple[float, float] | np.ndarray,
                       aspect_ratio: tuple[float, float], min_fraction: float, tries: int) -> np.ndarray:
     """``count`` boxes ``(y0, x0, h, w)`` in pixels: per box, the first of ``tries`` random boxes whose
-    foreground fraction reaches ``min_fraction``, else the one with the most foreground."""
+    foreground fraction reaches ``min_fraction``, else the one with the most foreground. ``scale`` is the
+    area fraction range, for all boxes or one ``[count, 2]`` row per box."""
     height, width = counts.shape[0] - 1, counts.shape[1] - 1
-    area = rng.uniform(*scale, (count, tries)) * (height * width)
-    ratio = np.exp(rng.uniform(np.log(aspect_ratio[0]), np.log(aspect_ratio[1]), (count, tries)))
+    low, high = np.asarray(scale, dtype=np.float64).T[..., None]
+    log_ratio = np.log(aspect_ratio)
+    draws = rng.random((4, count, tries))
+    area = (low + (high - low) * draws[0]) * (height * width)
+    ratio = np.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
     h = np.minimum(np.sqrt(area / ratio), height)
     w = np.minimum(np.sqrt(area * ratio), width)
-    y0 = rng.random((count, tries)) * (height - h)
-    x0 = rng.random((count, tries)) * (width - w)
+    y0 = draws[2] * (height - h)
+    x0 = draws[3] * (width - w)
     fraction = box_foreground_fraction(counts, y0, x0, h, w)
     passes = fraction >= min_fraction
     pick = np.where(passes.any(axis=1), passes.argmax(axis=1), fraction.argmax(axis=1))
-    rows = np.arange(count)
-    return np.stack([y0[rows, pick], x0[rows, pick], h[rows, pick], w[rows, pick]], axis=1)
+    return np.stack([y0, x0, h, w], axis=-1)[np.arange(count), pick]
 
 
 def box_foreground_fraction(counts: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: np.ndarray,
@@ -127,8 +139,8 @@ def box_foreground_fraction(counts: np.ndarray, y0: np.ndarray, x0: np.ndarray, 
     height, width = counts.shape[0] - 1, counts.shape[1] - 1
     top = np.rint(y0).astype(np.intp)
     left = np.rint(x0).astype(np.intp)
-    bottom = np.clip(np.rint(y0 + h).astype(np.intp), top + 1, height)
-    right = np.clip(np.rint(x0 + w).astype(np.intp), left + 1, width)
+    bottom = np.minimum(np.maximum(np.rint(y0 + h).astype(np.intp), top + 1), height)
+    right = np.minimum(np.maximum(np.rint(x0 + w).astype(np.intp), left + 1), width)
     inside = counts[bottom, right] - counts[top, right] - counts[bottom, left] + counts[top, left]
     return inside / ((bottom - top) * (right - left))
 
@@ -136,39 +148,32 @@ def box_foreground_fraction(counts: np.ndarray, y0: np.ndarray, x0: np.ndarray, 
 def resize_crops(columns: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size: int) -> np.ndarray:
     """Bilinear ``size x size`` resamplings ``[N, size, size]`` of ``boxes [N, 4] = (y0, x0, h, w)`` of the image
     whose transpose is ``columns [W, H]``, mirrored left-right where ``flips``. Output pixel ``i`` samples
-    ``start + (i + 0.5) * length / size - 0.5``."""
+    ``start + (i + 0.5) * length / size - 0.5``, borders clamped."""
     count = len(boxes)
-    steps = (np.arange(size) + 0.5) / size
-    rows = boxes[:, :1] + steps * boxes[:, 2:3] - 0.5
-    cols = boxes[:, 1:2] + steps * boxes[:, 3:4] - 0.5
-    cols[flips] = cols[flips, ::-1]
-    row_low, row_high, row_weight = _neighbours(rows, columns.shape[1])
-    col_low, col_high, col_weight = _neighbours(cols, columns.shape[0])
+    last = np.array([[columns.shape[1] - 1], [columns.shape[0] - 1]])  # the last row and the last column
+    coords = (np.arange(size) + 0.5) / size * boxes[:, 2:, None] + (boxes[:, :2, None] - 0.5)  # [N, 2, size]
+    coords[flips, 1] = coords[flips, 1, ::-1]
+    coords = np.minimum(np.maximum(coords, 0), last)
+    low = coords.astype(np.intp)  # coords >= 0: truncation is the floor
+    high = np.minimum(low + 1, last)
+    weight = (coords - low).astype(np.float32)[..., None]
     # Whole-column copies interpolate between columns (on the rows any box needs), one transpose turns
     # them into rows, and whole-row copies interpolate between rows: no per-pixel gathers.
-    first, last = row_low.min(), row_high.max() + 1
-    columns = np.ascontiguousarray(columns[:, first:last])
-    left = columns.take(col_low.ravel(), axis=0)
-    right = columns.take(col_high.ravel(), axis=0)
+    first, height = low[:, 0].min(), high[:, 0].max() + 1 - low[:, 0].min()
+    columns = np.ascontiguousarray(columns[:, first:first + height])
+    left = columns.take(low[:, 1], axis=0)
+    right = columns.take(high[:, 1], axis=0)
     right -= left
-    right *= col_weight.reshape(-1, 1)
+    right *= weight[:, 1]
     left += right
-    height = last - first
-    box_rows = np.ascontiguousarray(left.reshape(count, size, height).transpose(0, 2, 1)).reshape(-1, size)
+    box_rows = np.ascontiguousarray(left.transpose(0, 2, 1)).reshape(-1, size)
     offsets = (np.arange(count) * height - first)[:, None]
-    top = box_rows.take((row_low + offsets).ravel(), axis=0)
-    bottom = box_rows.take((row_high + offsets).ravel(), axis=0)
+    top = box_rows.take(low[:, 0] + offsets, axis=0)
+    bottom = box_rows.take(high[:, 0] + offsets, axis=0)
     bottom -= top
-    bottom *= row_weight.reshape(-1, 1)
+    bottom *= weight[:, 0]
     top += bottom
-    return top.reshape(count, size, size)
-
-
-def _neighbours(coords: np.ndarray, extent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower and upper neighbour indices and the upper weight of ``coords``, clamped to ``[0, extent-1]``."""
-    coords = np.clip(coords, 0, extent - 1)
-    low = np.floor(coords).astype(np.intp)
-    return low, np.minimum(low + 1, extent - 1), (coords - low).astype(np.float32)
+    return top
 
 
 def jitter_intensity(crops: np.ndarray, contrast: np.ndarray, brightness: np.ndarray, gamma: np.ndarray) -> None:
@@ -191,53 +196,67 @@ def jitter_intensity(crops: np.ndarray, contrast: np.ndarray, brightness: np.nda
 def bias_field(coefficients: np.ndarray, size: int) -> np.ndarray:
     """``[N, size, size]``: ``exp`` of the log-polynomials with ``coefficients [N, terms]`` (one per
     ``BIAS_FIELD_TERMS`` ``u**i * v**j``) on a ``size x size`` grid of pixel centres in [-1, 1], u down the
-    rows. The terms in u alone and in v alone add up to vectors; only mixed terms need the grid."""
-    u = (2 * np.arange(size, dtype=np.float32) + 1) / size - 1
-    coefficients = coefficients.astype(np.float32)
-    rows, cols = np.zeros((2, len(coefficients), size), dtype=np.float32)
-    mixed = []
-    for (i, j), c in zip(BIAS_FIELD_TERMS, coefficients.T[:, :, None]):
-        if j == 0:
-            rows += c * u**i
-        elif i == 0:
-            cols += c * u**j
-        else:
-            mixed.append((c * u**i, u**j))
-    field = rows[:, :, None] + cols[:, None, :]
-    for along_rows, along_cols in mixed:
-        field += along_rows[:, :, None] * along_cols
+    rows. Each term is an outer product, so the polynomials are one batched product of rank ``terms``."""
+    along_rows, along_cols = _bias_factors(size)
+    field = np.matmul(along_rows * coefficients[:, None, :], along_cols)
     return torch.from_numpy(field).exp_().numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _bias_factors(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``u**i`` as columns ``[size, terms]`` and ``v**j`` as rows ``[terms, size]`` for each bias field term."""
+    u = (2 * np.arange(size, dtype=np.float32) + 1) / size - 1
+    along_rows = np.stack([u**i for i, _ in BIAS_FIELD_TERMS], axis=1)
+    along_cols = np.stack([u**j for _, j in BIAS_FIELD_TERMS])
+    along_rows.flags.writeable = along_cols.flags.writeable = False
+    return along_rows, along_cols
 
 
 def gaussian_blur(crops: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.gaussian_filter`` (edges replicated, kernels cut at ``BLUR_TRUNCATE`` sigmas) of each
     crop of a ``[N, S, S]`` stack with its own sigma. Small crops go through one batched product with blur
-    operators (``operator @ crop @ operator.T``); large ones, where the products' O(S^3) would dominate,
-    through two separable passes of shifted adds over the stack."""
+    operators (``operator @ crop @ operator.T``); larger ones, where the products' O(S^3) would dominate,
+    through separable shifted adds over the edge-padded stack."""
     radius = np.floor(BLUR_TRUNCATE * sigma + 0.5)
     reach = int(radius.max())
     offsets = np.arange(-reach, reach + 1)
     kernel = np.exp(-0.5 * (offsets / sigma[:, None]) ** 2) * (np.abs(offsets) <= radius[:, None])
     kernel = (kernel / kernel.sum(axis=1, keepdims=True)).astype(np.float32)
-    size = crops.shape[-1]
+    count, size = crops.shape[0], crops.shape[-1]
     if size <= OPERATOR_BLUR_MAX_SIZE:
         operators = blur_operators(kernel, size)
         return operators @ crops @ operators.transpose(0, 2, 1)
     if reach == 0:
         return crops.copy()
-    weights = kernel[:, reach:, None, None]  # the centre tap, then one side (kernels are symmetric)
-    count = crops.shape[0]
-    tall = np.empty((count, size + 2 * reach, size), dtype=np.float32)
-    tall[:, reach:-reach] = crops
-    tall[:, :reach] = crops[:, :1]
-    tall[:, -reach:] = crops[:, -1:]
-    wide = np.empty((count, size, size + 2 * reach), dtype=np.float32)
-    _correlate(tall, weights, reach, size, 1, wide[:, :, reach:-reach])
-    wide[:, :, :reach] = wide[:, :, reach:reach + 1]
-    wide[:, :, -reach:] = wide[:, :, -reach - 1:-reach]
-    blurred = np.empty_like(crops)
-    _correlate(wide, weights, reach, size, 2, blurred)
-    return blurred
+    width = size + 2 * reach
+    padded = np.empty((count, width, width), dtype=np.float32)
+    padded[:, reach:-reach, reach:-reach] = crops
+    padded[:, reach:-reach, :reach] = crops[:, :, :1]
+    padded[:, reach:-reach, -reach:] = crops[:, :, -1:]
+    padded[:, :reach] = padded[:, reach:reach + 1]
+    padded[:, -reach:] = padded[:, -reach - 1:-reach]
+    # Each crop flattened: a vertical tap is a shift by whole rows, a horizontal one by pixels (the padding
+    # keeps those inside their row), so every pass is over contiguous memory.
+    weights = kernel[:, reach:, None]  # the centre tap, then one side (kernels are symmetric)
+    columns = _shifted_sum(padded.reshape(count, -1), weights, width, size * width)
+    rows = _shifted_sum(columns, weights, 1, size * width - 2 * reach)
+    blurred = np.empty((count, size, width), dtype=np.float32)
+    blurred.reshape(count, -1)[:, :-2 * reach] = rows  # row y starts at column `reach` of padded row y
+    return blurred[:, :, :size]
+
+
+def _shifted_sum(flat: np.ndarray, weights: np.ndarray, step: int, length: int) -> np.ndarray:
+    """``[N, length]``: ``sum_t weights[:, |t|] * flat[:, reach * step + t * step + i]`` over t in -reach..reach."""
+    reach = weights.shape[1] - 1
+    centre = reach * step
+    out = np.multiply(flat[:, centre:centre + length], weights[:, 0])
+    pair = np.empty_like(out)
+    for offset in range(step, centre + 1, step):
+        np.add(flat[:, centre - offset:centre - offset + length], flat[:, centre + offset:centre + offset + length],
+               out=pair)
+        pair *= weights[:, offset // step]
+        out += pair
+    return out
 
 
 def blur_operators(kernel: np.ndarray, size: int) -> np.ndarray:
@@ -268,22 +287,6 @@ def _edge_taps(size: int, reach: int) -> tuple[np.ndarray, np.ndarray]:
     first, last = np.clip(reach + 1 - pixels, 0, 2 * reach + 1), np.clip(size - 1 - pixels + reach, 0, 2 * reach + 1)
     first.flags.writeable = last.flags.writeable = False
     return first, last
-
-
-def _correlate(padded: np.ndarray, weights: np.ndarray, reach: int, size: int, axis: int, out: np.ndarray) -> None:
-    """``out = sum_t weights[:, |t|] * padded shifted by t along axis``, ``padded`` holding ``reach`` extra
-    pixels at both ends of that axis; symmetric taps are added before they are weighted."""
-    def shifted(offset: int) -> np.ndarray:
-        index = [slice(None)] * 3
-        index[axis] = slice(reach + offset, reach + offset + size)
-        return padded[tuple(index)]
-
-    np.multiply(shifted(0), weights[:, 0], out=out)
-    pair = np.empty(out.shape, dtype=np.float32)
-    for offset in range(1, reach + 1):
-        np.add(shifted(-offset), shifted(offset), out=pair)
-        pair *= weights[:, offset]
-        out += pair
 
 
 def add_noise(crops: np.ndarray, sigma: np.ndarray, kind: str, normals: np.ndarray) -> np.ndarray:
