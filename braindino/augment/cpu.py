@@ -107,7 +107,8 @@ def in_place(stack: np.ndarray, rows: np.ndarray, operation: Callable[[np.ndarra
 def foreground_integral(image: np.ndarray) -> np.ndarray:
     """Summed-area table of ``image != 0``, shape ``[H + 1, W + 1]``, so any box count costs O(1)."""
     counts = np.zeros((image.shape[0] + 1, image.shape[1] + 1), dtype=np.int32)
-    np.cumsum(image != 0, axis=0, dtype=np.int32, out=counts[1:, 1:])
+    # NumPy's cumsum is several times faster along contiguous memory: sum down the columns of the transpose.
+    counts[1:, 1:] = np.cumsum(np.ascontiguousarray((image != 0).T), axis=1, dtype=np.int32).T
     np.cumsum(counts[1:, 1:], axis=1, out=counts[1:, 1:])
     return counts
 
@@ -161,19 +162,17 @@ def resize_crops(columns: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size
     # them into rows, and whole-row copies interpolate between rows: no per-pixel gathers.
     first, height = low[:, 0].min(), high[:, 0].max() + 1 - low[:, 0].min()
     columns = np.ascontiguousarray(columns[:, first:first + height])
-    left = columns.take(low[:, 1], axis=0)
-    right = columns.take(high[:, 1], axis=0)
-    right -= left
-    right *= weight[:, 1]
-    left += right
+    left = _lerp(columns.take(low[:, 1], axis=0), columns.take(high[:, 1], axis=0), weight[:, 1])
     box_rows = np.ascontiguousarray(left.transpose(0, 2, 1)).reshape(-1, size)
     offsets = (np.arange(count) * height - first)[:, None]
-    top = box_rows.take(low[:, 0] + offsets, axis=0)
-    bottom = box_rows.take(high[:, 0] + offsets, axis=0)
-    bottom -= top
-    bottom *= weight[:, 0]
-    top += bottom
-    return top
+    return _lerp(box_rows.take(low[:, 0] + offsets, axis=0), box_rows.take(high[:, 0] + offsets, axis=0),
+                 weight[:, 0])
+
+
+def _lerp(start: np.ndarray, end: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``start + weight * (end - start)`` into ``start``: one pass of torch's fused kernel instead of three."""
+    torch.lerp(*(torch.from_numpy(a) for a in (start, end, weight)), out=torch.from_numpy(start))
+    return start
 
 
 def jitter_intensity(crops: np.ndarray, contrast: np.ndarray, brightness: np.ndarray, gamma: np.ndarray) -> None:
