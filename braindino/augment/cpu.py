@@ -74,9 +74,9 @@ class MultiCropAugment:
         noisy = np.flatnonzero(parameters[:, NOISE] < cfg.noise_p)
         if noisy.size:
             self.noise = self.noise or NormalPool(self.rng)
-            normals = self.noise.windows(self.rng, noisy.size,
-                                         (1 if cfg.noise_kind == "gaussian" else 2, size, size))
-            crops[noisy] = add_noise(crops[noisy], parameters[noisy, NOISE_SIGMA], cfg.noise_kind, normals)
+            parts = 1 if cfg.noise_kind == "gaussian" else 2
+            normals = np.stack(self.noise.windows(self.rng, noisy.size, (parts, size, size)))
+            crops[noisy] = add_noise(crops[noisy], parameters[noisy, NOISE_SIGMA], normals)
         return crops
 
 
@@ -288,14 +288,14 @@ def _edge_taps(size: int, reach: int) -> tuple[np.ndarray, np.ndarray]:
     return first, last
 
 
-def add_noise(crops: np.ndarray, sigma: np.ndarray, kind: str, normals: np.ndarray) -> np.ndarray:
-    """Gaussian noise, or Rician: the magnitude of complex Gaussian noise added to each crop shifted so its
-    minimum is 0 (Rician noise lives on non-negative magnitudes; z-scored slices go negative).
-    ``normals`` is ``[N, 1, S, S]`` standard normals for Gaussian noise, ``[N, 2, S, S]`` for Rician."""
+def add_noise(crops: np.ndarray, sigma: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Gaussian noise (``normals [N, 1, S, S]`` standard normals), or Rician (``normals [N, 2, S, S]``): the
+    magnitude of complex Gaussian noise added to each crop shifted so its minimum is 0 (Rician noise lives
+    on non-negative magnitudes; z-scored slices go negative). Works in ``normals``."""
     sigma = sigma[:, None, None]
     real = normals[:, 0]
     real *= sigma
-    if kind == "gaussian":
+    if normals.shape[1] == 1:
         real += crops
         return real
     floor = crops.min(axis=(1, 2), keepdims=True)

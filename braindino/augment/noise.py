@@ -23,11 +23,11 @@ class NormalPool:
     def __init__(self, rng: np.random.Generator, size: int = NOISE_POOL_SIZE):
         self.values = rng.standard_normal(size, dtype=np.float32)
 
-    def windows(self, rng: np.random.Generator, count: int, shape: tuple[int, ...]) -> np.ndarray:
-        """``[count, *shape]`` float32, each window a copy of pool values at its own random offset."""
+    def windows(self, rng: np.random.Generator, count: int, shape: tuple[int, ...]) -> list[np.ndarray]:
+        """``count`` views of ``shape`` into the pool (not to be written to), each at its own random offset."""
         length = math.prod(shape)
         if length > self.values.size:
             raise ValueError(f"a noise window of {length} values does not fit a pool of {self.values.size}; "
                              f"use smaller crops or a larger NOISE_POOL_SIZE")
         starts = rng.integers(0, self.values.size - length + 1, count)
-        return np.stack([self.values[start:start + length] for start in starts]).reshape(count, *shape)
+        return [self.values[start:start + length].reshape(shape) for start in starts]

@@ -16,6 +16,7 @@ from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropBatch
 from braindino.augment import batched as batched_ops
 from braindino.augment import cpu as cpu_ops
 from braindino.augment.collate import batch_from_views
+from braindino.augment.noise import NormalPool
 from braindino.config import ConfigError, load_config
 from braindino.ssl.masking import BlockMaskGenerator
 
@@ -200,6 +201,21 @@ def test_batched_form_runs_on_cuda(slices):
     for name, values in crop_statistics(global_crops[:, 0].cpu().numpy()).items():
         reference = crop_statistics(cpu_global[:, 0].numpy())[name]
         assert abs(values.mean() - reference.mean()) < 4 * reference.std() / np.sqrt(len(reference)) + 1e-3, name
+
+
+def test_noise_is_standard_normal_draws_from_a_pool_at_random_offsets(slices):
+    pool = NormalPool(np.random.default_rng(0), size=1 << 16)
+    assert stats.kstest(pool.values, "norm").pvalue > 1e-3
+    first, second = pool.windows(np.random.default_rng(1), 2, (2, 32, 32))
+    assert first.shape == (2, 32, 32) and not np.array_equal(first, second)
+    with pytest.raises(ValueError, match="NOISE_POOL_SIZE"):
+        pool.windows(np.random.default_rng(1), 1, (2, 256, 256))
+    # On a first call noise is drawn after every box and parameter, so it is the only difference.
+    clean = dataclasses.replace(QUIET, noise_kind="gaussian", noise_sigma=(0.1, 0.1))
+    plain, noisy = (MultiCropAugment(c, seed=4)(slices[4]) for c in (clean, dataclasses.replace(clean, noise_p=1.0)))
+    noise = [b - a for a, b in zip(plain["global"] + plain["local"], noisy["global"] + noisy["local"])]
+    assert stats.kstest(np.concatenate([n.ravel() for n in noise]) / 0.1, "norm").pvalue > 1e-3
+    assert not np.allclose(noise[0][:32, :32], noise[1][:32, :32])  # crops get their own noise
 
 
 def test_no_colour_operations_exist():
