@@ -58,7 +58,7 @@ def process_scan(
         scan = read_scan(payload, policy)
         validate(payload.key, scan, limits)
         provenance = {"format": scan.format, **{k: v for k, v in scan.metadata.items() if k in PROVENANCE_KEYS}}
-        volume, slices = preprocess(scan.data, scan.affine, spec, provenance=provenance)
+        volume, slices = preprocess(scan.data, scan.affine, spec, provenance=provenance, overwrite_data=True)
     except ScanRejected as rejected:
         return ScanResult(payload.key, digest, reason=rejected.reason, detail=rejected.detail)
     except ValueError as err:  # preprocess refuses e.g. a volume whose foreground is constant

@@ -66,18 +66,22 @@ def preprocess(
     spec: PreprocessSpec,
     mask: np.ndarray | None = None,
     provenance: dict[str, Any] | None = None,
+    overwrite_data: bool = False,
 ) -> tuple[CanonicalVolume, list[Slice]]:
     """Canonicalise to RAS, resample to ``spec.spacing``, normalise intensity, cut axial slices.
 
     ``data`` is a 3D array whose voxel -> RAS mm map is ``affine``; ``mask`` (optional, same grid as
     ``data``) selects the voxels that define and keep intensity (e.g. a brain mask). Returns the
-    normalised canonical volume and its kept ``(z, slice, foreground_fraction)`` tuples.
+    normalised canonical volume and its kept ``(z, slice, foreground_fraction)`` tuples. With
+    ``overwrite_data`` the caller gives ``data`` up: when the canonical volume is ``data`` itself (a
+    Fortran-ordered RAS float32 array at the target spacing) it is normalised in place, saving a copy.
     """
     vol = resample(canonicalise(data, affine, provenance), spec.spacing)
+    private = (overwrite_data or not np.may_share_memory(vol.data, data)) and vol.data.flags.writeable
     canonical_mask = None
     if mask is not None:
         mask_vol = resample(canonicalise(np.asarray(mask, dtype=np.float32), affine), spec.spacing, order=0)
         canonical_mask = mask_vol.data > 0.5
-    vol = normalise_intensity(vol, spec.clip_percentiles, canonical_mask)
+    vol = normalise_intensity(vol, spec.clip_percentiles, canonical_mask, in_place=private)
     vol = vol.with_data(vol.data, preprocess_spec=json.loads(spec.to_json()))
     return vol, axial_slices(vol, spec.slice_size, spec.min_foreground)

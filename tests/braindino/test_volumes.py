@@ -216,6 +216,18 @@ def test_preprocess_spec_round_trips_through_json_and_names_bad_keys():
         PreprocessSpec.from_json('{"version": 2}')
 
 
+def test_preprocess_leaves_the_callers_array_alone_unless_given_it(t1):
+    data, affine = np.asfortranarray(t1[0]), t1[1]  # RAS at 2 mm: the canonical volume is this very array
+    before = data.copy()
+    spec = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96)
+    vol, slices = preprocess(data, affine, spec)
+    np.testing.assert_array_equal(data, before)
+    given, given_slices = preprocess(data, affine, spec, overwrite_data=True)
+    assert np.shares_memory(given.data, data)
+    np.testing.assert_array_equal(given.data, vol.data)
+    assert [z for z, _, _ in given_slices] == [z for z, _, _ in slices]
+
+
 def test_preprocess_records_every_step(t1):
     data, affine = t1
     vol, slices = preprocess(data, affine, PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
