@@ -66,7 +66,7 @@ def sample_stack(images: Sequence[np.ndarray]) -> np.ndarray:
 def npy_bytes(image: np.ndarray) -> bytes:
     """``image`` as the bytes ``np.save`` writes for it in ``SAMPLE_DTYPE`` (header built once per shape)."""
     image = np.ascontiguousarray(image, dtype=SAMPLE_DTYPE)
-    return npy_header(image.shape) + image.tobytes()
+    return b"".join([npy_header(image.shape), memoryview(image).cast("B")])  # one copy of the pixels
 
 
 @functools.cache
