@@ -59,19 +59,19 @@ class MultiCropAugment:
         cfg = self.config
         crops = resize_crops(columns, boxes, parameters[:, FLIP] < cfg.flip_p, size)
         foreground = crops != 0
-        jitter = np.flatnonzero(parameters[:, JITTER] < cfg.intensity_p)
+        jitter = (parameters[:, JITTER] < cfg.intensity_p).nonzero()[0]
         if jitter.size:
             in_place(crops, jitter, lambda part: jitter_intensity(part, *parameters[jitter, CONTRAST:GAMMA + 1].T))
-        biased = np.flatnonzero(parameters[:, BIAS] < cfg.bias_field_p)
+        biased = (parameters[:, BIAS] < cfg.bias_field_p).nonzero()[0]
         if biased.size:
             for row, field in zip(biased, bias_field(parameters[biased, BIAS_COEFFICIENTS], size)):
                 crops[row] *= field
         if jitter.size or biased.size:
             crops *= foreground  # background back to exactly 0 (a no-op on untouched crops)
-        blurred = np.flatnonzero(parameters[:, BLUR] < cfg.blur_p)
+        blurred = (parameters[:, BLUR] < cfg.blur_p).nonzero()[0]
         if blurred.size:
             crops[blurred] = gaussian_blur(crops[blurred], parameters[blurred, BLUR_SIGMA].astype(np.float64))
-        noisy = np.flatnonzero(parameters[:, NOISE] < cfg.noise_p)
+        noisy = (parameters[:, NOISE] < cfg.noise_p).nonzero()[0]
         if noisy.size:
             self.noise = self.noise or NormalPool(self.rng)
             parts = 1 if cfg.noise_kind == "gaussian" else 2
@@ -237,18 +237,17 @@ def gaussian_blur(crops: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     # Each crop flattened: a vertical tap is a shift by whole rows, a horizontal one by pixels (the padding
     # keeps those inside their row), so every pass is over contiguous memory.
     weights = kernel[:, reach:, None]  # the centre tap, then one side (kernels are symmetric)
-    columns = _shifted_sum(padded.reshape(count, -1), weights, width, size * width)
-    rows = _shifted_sum(columns, weights, 1, size * width - 2 * reach)
-    blurred = np.empty((count, size, width), dtype=np.float32)
-    blurred.reshape(count, -1)[:, :-2 * reach] = rows  # row y starts at column `reach` of padded row y
+    columns = _shifted_sum(padded.reshape(count, -1), weights, width, np.empty((count, size * width), np.float32))
+    blurred = np.empty((count, size, width), dtype=np.float32)  # row y from column `reach` of padded row y
+    _shifted_sum(columns, weights, 1, blurred.reshape(count, -1)[:, :-2 * reach])
     return blurred[:, :, :size]
 
 
-def _shifted_sum(flat: np.ndarray, weights: np.ndarray, step: int, length: int) -> np.ndarray:
-    """``[N, length]``: ``sum_t weights[:, |t|] * flat[:, reach * step + t * step + i]`` over t in -reach..reach."""
-    reach = weights.shape[1] - 1
+def _shifted_sum(flat: np.ndarray, weights: np.ndarray, step: int, out: np.ndarray) -> np.ndarray:
+    """``out [N, L] = sum_t weights[:, |t|] * flat[:, reach * step + t * step + i]`` over t in -reach..reach."""
+    reach, length = weights.shape[1] - 1, out.shape[1]
     centre = reach * step
-    out = np.multiply(flat[:, centre:centre + length], weights[:, 0])
+    np.multiply(flat[:, centre:centre + length], weights[:, 0], out=out)
     pair = np.empty_like(out)
     for offset in range(step, centre + 1, step):
         np.add(flat[:, centre - offset:centre - offset + length], flat[:, centre + offset:centre + offset + length],
