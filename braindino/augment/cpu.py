@@ -1,10 +1,11 @@
 """Per-sample multi-crop augmentation in NumPy, for data-loader workers.
 
-Every crop of one size shares one stacked array, and each operation is a handful of in-place,
-float32 passes over it (torch's single-threaded kernels for ``log``/``exp``, which beat NumPy's),
-so the cost per sample is close to one memory pass per operation rather than a Python pipeline per
-crop. Interpolation is bilinear without antialiasing (the same sampling as ``grid_sample`` in the
-batched form), borders are clamped. Noise is read from a pool of normal draws (``noise.NormalPool``).
+All crops of one size live in one stacked array and every operation runs over the stack (or the rows it
+applies to) in a few in-place float32 passes, so a sample costs one short chain of vectorised calls per
+crop size rather than a Python pipeline per crop. Where torch's single-threaded CPU kernels beat NumPy's
+(``log``/``exp``, the fused bilinear ``lerp``) they run on the same memory through ``torch.from_numpy``.
+Interpolation is bilinear without antialiasing (the same sampling as ``grid_sample`` in the batched
+form), borders are clamped. Noise is read from a pool of standard normals (``noise.NormalPool``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ class MultiCropAugment:
                                   cfg.aspect_ratio, cfg.min_brain_fraction, cfg.max_crop_tries)
         parameters = draw_crop_parameters(self.rng, cfg, n_global + n_local)
         columns = np.ascontiguousarray(image.T)
-        views = {"global": list(self._views(columns, boxes[:n_global], parameters[:n_global], global_size))}
-        views["local"] = list(self._views(columns, boxes[n_global:], parameters[n_global:], local_size)) if n_local else []
+        views = {"global": list(self._views(columns, boxes[:n_global], parameters[:n_global], global_size)),
+                 "local": []}
+        if n_local:
+            views["local"] = list(self._views(columns, boxes[n_global:], parameters[n_global:], local_size))
         return views
 
     def _views(self, columns: np.ndarray, boxes: np.ndarray, parameters: np.ndarray, size: int) -> np.ndarray:
@@ -85,7 +88,7 @@ def draw_crop_parameters(rng: np.random.Generator, config: MultiCropConfig, coun
     (``FLIP``, ``JITTER``, ``BIAS``, ``BLUR``, ``NOISE``) in [0, 1) to compare with their ``*_p``, the others
     in their configured ranges, the bias field coefficients in +-``bias_field_strength``."""
     strength = config.bias_field_strength
-    bounds = [(0, 1)] * (BIAS_COEFFICIENTS.stop)
+    bounds = [(0, 1)] * BIAS_COEFFICIENTS.stop
     for column, values in ((CONTRAST, config.contrast), (BRIGHTNESS, config.brightness), (GAMMA, config.gamma),
                            (BLUR_SIGMA, config.blur_sigma), (NOISE_SIGMA, config.noise_sigma)):
         bounds[column] = values
@@ -268,8 +271,8 @@ def blur_operators(kernel: np.ndarray, size: int) -> np.ndarray:
     along = np.zeros((count, 2 * size - 1), dtype=np.float32)
     along[:, size - 1 - span:size + span] = kernel[:, reach - span:reach + span + 1]
     step = along.strides[1]
-    operators = np.lib.stride_tricks.as_strided(along[:, size - 1:], (count, size, size), (along.strides[0], -step, step))
-    operators = operators.copy()
+    windows = np.lib.stride_tricks.as_strided(along[:, size - 1:], (count, size, size), (along.strides[0], -step, step))
+    operators = windows.copy()
     below = np.zeros((count, taps + 1), dtype=np.float32)
     np.cumsum(kernel, axis=1, out=below[:, 1:])
     first, last = _edge_taps(size, reach)
