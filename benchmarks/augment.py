@@ -4,7 +4,7 @@ Compares, in one run and on the same slices:
 - ``reference``: a REFERENCE pipeline written for this benchmark only, composed the way the DINOv2
   recipe composes its transforms: one crop at a time through a chain of per-operation transforms,
   PIL for crop/resize/flip, NumPy/SciPy for the MRI intensity operations;
-- ``cpu``: ``braindino.augment.MultiCropAugment`` (per sample, NumPy);
+- ``cpu``: ``braindino.augment.MultiCropAugment`` (per sample, NumPy with torch's CPU kernels);
 - ``batched``: ``braindino.augment.BatchedMultiCrop`` on CPU tensors, and on CUDA when present.
 
 Per-core numbers pin NumPy/BLAS/torch to one thread and count this process's CPU time; pipelines run in
@@ -176,7 +176,7 @@ def main() -> None:
     batched = BatchedMultiCrop(config)
     pipelines = {
         ("reference (PIL + NumPy, per crop)", SINGLE_THREAD): per_sample_pass(ReferenceMultiCrop(config), slices),
-        ("MultiCropAugment (NumPy, per sample)", SINGLE_THREAD): per_sample_pass(MultiCropAugment(config, 0), slices),
+        ("MultiCropAugment (NumPy + torch kernels, per sample)", SINGLE_THREAD): per_sample_pass(MultiCropAugment(config, 0), slices),
         (f"BatchedMultiCrop (torch, batch {args.batch})", SINGLE_THREAD): batched_pass(batched, tensors, args.batch),
     }
     if torch.cuda.is_available():

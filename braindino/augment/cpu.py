@@ -161,13 +161,11 @@ def resize_crops(columns: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size
     low = coords.astype(np.intp)  # coords >= 0: truncation is the floor
     high = np.minimum(low + 1, last)
     weight = (coords - low).astype(np.float32)[..., None]
-    # Whole-column copies interpolate between columns (on the rows any box needs), one transpose turns
-    # them into rows, and whole-row copies interpolate between rows: no per-pixel gathers.
-    first, height = low[:, 0].min(), high[:, 0].max() + 1 - low[:, 0].min()
-    columns = np.ascontiguousarray(columns[:, first:first + height])
+    # Whole-column copies interpolate between columns, one transpose turns them into rows, and whole-row
+    # copies interpolate between rows: no per-pixel gathers.
     left = _lerp(columns.take(low[:, 1], axis=0), columns.take(high[:, 1], axis=0), weight[:, 1])
     box_rows = np.ascontiguousarray(left.transpose(0, 2, 1)).reshape(-1, size)
-    offsets = (np.arange(count) * height - first)[:, None]
+    offsets = (np.arange(count) * columns.shape[1])[:, None]
     return _lerp(box_rows.take(low[:, 0] + offsets, axis=0), box_rows.take(high[:, 0] + offsets, axis=0),
                  weight[:, 0])
 
