@@ -103,10 +103,9 @@ def normalise_intensity(
     low, high = percentiles(data, clip, where=foreground)
     if mask is not None:
         data, in_place = np.where(foreground, data, np.float32(0)), True  # a fresh array to write into
-    out = np.maximum(data, np.float32(low), out=data if in_place else None)
-    np.minimum(out, np.float32(high), out=out)
+    out = np.clip(data, np.float32(low), np.float32(high), out=data if in_place else None)  # 4x max + min
     flat = out.ravel("K")
-    background_value = float(np.minimum(np.maximum(np.float32(0), np.float32(low)), np.float32(high)))
+    background_value = float(np.clip(np.float32(0), np.float32(low), np.float32(high)))
     mean = (float(flat.sum()) - (flat.size - count) * background_value) / count  # pairwise: error ~1e-7
     out -= np.float32(mean)
     np.multiply(out, foreground, out=out)
