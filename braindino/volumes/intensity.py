@@ -108,7 +108,8 @@ def normalise_intensity(
     background_value = float(np.clip(np.float32(0), np.float32(low), np.float32(high)))
     mean = (float(flat.sum()) - (flat.size - count) * background_value) / count  # pairwise: error ~1e-7
     out -= np.float32(mean)
-    np.multiply(out, foreground, out=out)
+    bits = out.view(np.uint32)  # zero the background through the bit patterns: +0.0 (a float product gives -0.0)
+    np.multiply(bits, foreground, out=bits)
     std = float(np.sqrt(np.dot(flat, flat) / count))
     if std == 0.0:
         raise ValueError("normalise_intensity: the foreground is constant after clipping")

@@ -160,7 +160,7 @@ def test_normalisation_keeps_background_zero_and_standardises_the_foreground(t1_
     vol = canonicalise(*t1_brain)
     background = vol.data == 0
     out = normalise_intensity(vol)
-    assert np.all(out.data[background] == 0)
+    assert np.all(out.data[background] == 0) and not np.signbit(out.data[background]).any()  # +0.0, not -0.0
     foreground = out.data[~background]
     assert abs(float(foreground.mean())) < 1e-3
     assert float(foreground.std()) == pytest.approx(1.0, abs=1e-3)
