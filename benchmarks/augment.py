@@ -4,7 +4,8 @@ Compares, in one run and on the same slices:
 - ``reference``: a REFERENCE pipeline written for this benchmark only, composed the way the DINOv2
   recipe composes its transforms: one crop at a time through a chain of per-operation transforms,
   PIL for crop/resize/flip, NumPy/SciPy for the MRI intensity operations;
-- ``cpu``: ``braindino.augment.MultiCropAugment`` (per sample, NumPy with torch's CPU kernels);
+- ``cpu``: ``braindino.augment.MultiCropAugment`` (NumPy with torch's CPU kernels), one slice per call and
+  ``many`` over a group of slices per call, as the Ray Data pipeline calls it on each batch;
 - ``batched``: ``braindino.augment.BatchedMultiCrop`` on CPU tensors, and on CUDA when present.
 
 Per-core numbers pin NumPy/BLAS/torch to one thread and count this process's CPU time; pipelines run in
@@ -150,6 +151,15 @@ def per_sample_pass(augment: Callable[[np.ndarray], dict], slices: np.ndarray) -
     return run
 
 
+def many_pass(augment: MultiCropAugment, slices: np.ndarray, group: int) -> Callable[[], int]:
+    """One pass of ``MultiCropAugment.many`` over ``slices``, ``group`` slices per call (a data-pipeline batch)."""
+    def run() -> int:
+        for start in range(0, len(slices), group):
+            augment.many(slices[start:start + group])
+        return len(slices)
+    return run
+
+
 def batched_pass(augment: BatchedMultiCrop, slices: torch.Tensor, batch: int) -> Callable[[], int]:
     """One pass of the batched form over ``slices`` in batches of ``batch`` on ``slices.device``."""
     batches = [slices[i:i + batch] for i in range(0, len(slices) - batch + 1, batch)]
@@ -168,6 +178,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per row")
     parser.add_argument("--batch", type=int, default=32, help="slices per batch for the batched form")
+    parser.add_argument("--group", type=int, default=8, help="slices per MultiCropAugment.many call")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = MultiCropConfig()
@@ -177,6 +188,8 @@ def main() -> None:
     pipelines = {
         ("reference (PIL + NumPy, per crop)", SINGLE_THREAD): per_sample_pass(ReferenceMultiCrop(config), slices),
         ("MultiCropAugment (NumPy + torch kernels, per sample)", SINGLE_THREAD): per_sample_pass(MultiCropAugment(config, 0), slices),
+        (f"MultiCropAugment.many ({args.group} slices per call)", SINGLE_THREAD): many_pass(
+            MultiCropAugment(config, 0), slices, args.group),
         (f"BatchedMultiCrop (torch, batch {args.batch})", SINGLE_THREAD): batched_pass(batched, tensors, args.batch),
     }
     if torch.cuda.is_available():

@@ -11,7 +11,7 @@ form), borders are clamped. Noise is read from a pool of standard normals (``noi
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +23,8 @@ from braindino.augment.noise import NormalPool
 OPERATOR_BLUR_MAX_SIZE = 64
 
 # Columns of the per-crop parameters (``draw_crop_parameters``): uniform draws mapped to their ranges.
-FLIP, JITTER, CONTRAST, BRIGHTNESS, GAMMA, BIAS, BLUR, BLUR_SIGMA, NOISE, NOISE_SIGMA = range(10)
-BIAS_COEFFICIENTS = slice(10, 10 + len(BIAS_FIELD_TERMS))
+FLIP, JITTER, CONTRAST, BRIGHTNESS, GAMMA, BIAS, BLUR, BLUR_SIGMA, NOISE, NOISE_SIGMA, NOISE_WINDOW = range(11)
+BIAS_COEFFICIENTS = slice(11, 11 + len(BIAS_FIELD_TERMS))
 
 
 class MultiCropAugment:
@@ -38,28 +38,45 @@ class MultiCropAugment:
     def __init__(self, config: MultiCropConfig | None = None, seed: int | np.random.Generator | None = None):
         self.config = config or MultiCropConfig()
         self.rng = np.random.default_rng(seed)
-        self.noise: NormalPool | None = None  # drawn from self.rng when a crop first needs noise
+        self.noise: NormalPool | None = None  # drawn when a crop first needs noise, from a generator spawned
+        # from the seed (not from self.rng's stream, so the pool never shifts the other draws)
 
     def __call__(self, slice: np.ndarray) -> dict[str, list[np.ndarray]]:
-        image = np.ascontiguousarray(slice, dtype=np.float32)
-        if image.ndim != 2:
-            raise ValueError(f"MultiCropAugment expects one [H, W] slice, got shape {image.shape}")
+        return self.many([slice])[0]
+
+    def many(self, slices: Sequence[np.ndarray]) -> list[dict[str, list[np.ndarray]]]:
+        """The views of each of ``slices`` (one ``[H, W]`` shape), as ``[self(s) for s in slices]`` would give
+        them: every crop keeps its own random parameters. Each operation runs once over the crops of all
+        the slices, so a data pipeline that hands over a batch pays the per-call costs once per batch."""
+        shapes = {np.shape(s) for s in slices}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"MultiCropAugment expects [H, W] slices of one shape, got shapes {sorted(shapes)}")
+        images = np.ascontiguousarray(np.stack(slices), dtype=np.float32)
         cfg = self.config
         (n_global, global_size, global_scale), (n_local, local_size, local_scale) = cfg.views()
-        # Every random number of the sample in two draws: the boxes of all crops, then their parameters.
+        per_slice = n_global + n_local
+        # Every random number of a slice in two draws, slice after slice: its boxes, then its crops' parameters.
         scale = np.repeat([global_scale, local_scale], [n_global, n_local], axis=0)
-        boxes = sample_crop_boxes(self.rng, foreground_integral(image), n_global + n_local, scale,
-                                  cfg.aspect_ratio, cfg.min_brain_fraction, cfg.max_crop_tries)
-        parameters = draw_crop_parameters(self.rng, cfg, n_global + n_local)
-        columns = np.ascontiguousarray(image.T)
-        views = {"global": list(self._views(columns, boxes[:n_global], parameters[:n_global], global_size)),
-                 "local": []}
-        if n_local:
-            views["local"] = list(self._views(columns, boxes[n_global:], parameters[n_global:], local_size))
+        boxes, parameters = (np.stack(draws) for draws in zip(*(
+            (sample_crop_boxes(self.rng, foreground_integral(image), per_slice, scale, cfg.aspect_ratio,
+                               cfg.min_brain_fraction, cfg.max_crop_tries), draw_crop_parameters(self.rng, cfg, per_slice))
+            for image in images)))
+        columns = np.ascontiguousarray(images.transpose(0, 2, 1))
+        views: list[dict[str, list[np.ndarray]]] = [{"global": [], "local": []} for _ in images]
+        for name, first, stop, size in (("global", 0, n_global, global_size), ("local", n_global, per_slice, local_size)):
+            if stop == first:
+                continue
+            crops = self._views(columns, boxes[:, first:stop].reshape(-1, 4),
+                                parameters[:, first:stop].reshape(-1, parameters.shape[-1]), size)
+            for index, sample in enumerate(views):
+                sample[name] = list(crops[index * (stop - first):(index + 1) * (stop - first)])
         return views
 
     def _views(self, columns: np.ndarray, boxes: np.ndarray, parameters: np.ndarray, size: int) -> np.ndarray:
+        """Crops ``[N, size, size]`` of ``boxes [N, 4]``, the same number from each image of ``columns``."""
         cfg = self.config
+        window = parameters[:, NOISE_WINDOW]  # float64: a position among millions of pool offsets
+        parameters = parameters.astype(np.float32)
         crops = resize_crops(columns, boxes, parameters[:, FLIP] < cfg.flip_p, size)
         foreground = crops != 0
         jitter = (parameters[:, JITTER] < cfg.intensity_p).nonzero()[0]
@@ -76,17 +93,18 @@ class MultiCropAugment:
             crops[blurred] = gaussian_blur(crops[blurred], parameters[blurred, BLUR_SIGMA].astype(np.float64))
         noisy = (parameters[:, NOISE] < cfg.noise_p).nonzero()[0]
         if noisy.size:
-            self.noise = self.noise or NormalPool(self.rng)
+            self.noise = self.noise or NormalPool(np.random.default_rng(self.rng.bit_generator.seed_seq.spawn(1)[0]))
             parts = 1 if cfg.noise_kind == "gaussian" else 2
-            normals = np.stack(self.noise.windows(self.rng, noisy.size, (parts, size, size)))
+            normals = np.stack(self.noise.windows(window[noisy], (parts, size, size)))
             crops[noisy] = add_noise(crops[noisy], parameters[noisy, NOISE_SIGMA], normals)
         return crops
 
 
 def draw_crop_parameters(rng: np.random.Generator, config: MultiCropConfig, count: int) -> np.ndarray:
-    """``[count, columns]`` float32 per-crop parameters, one uniform draw each: the probability columns
-    (``FLIP``, ``JITTER``, ``BIAS``, ``BLUR``, ``NOISE``) in [0, 1) to compare with their ``*_p``, the others
-    in their configured ranges, the bias field coefficients in +-``bias_field_strength``."""
+    """``[count, columns]`` per-crop parameters, one uniform draw each: the probability columns (``FLIP``,
+    ``JITTER``, ``BIAS``, ``BLUR``, ``NOISE``) in [0, 1) to compare with their ``*_p``, ``NOISE_WINDOW`` in
+    [0, 1) (where the crop's noise starts in the pool), the others in their configured ranges, the bias field
+    coefficients in +-``bias_field_strength``. float64, so that a window position keeps its resolution."""
     strength = config.bias_field_strength
     bounds = [(0, 1)] * BIAS_COEFFICIENTS.stop
     for column, values in ((CONTRAST, config.contrast), (BRIGHTNESS, config.brightness), (GAMMA, config.gamma),
@@ -94,7 +112,7 @@ def draw_crop_parameters(rng: np.random.Generator, config: MultiCropConfig, coun
         bounds[column] = values
     bounds[BIAS_COEFFICIENTS] = [(-strength, strength)] * len(BIAS_FIELD_TERMS)
     low, high = np.array(bounds, dtype=np.float64).T
-    return (low + (high - low) * rng.random((count, len(bounds)))).astype(np.float32)
+    return low + (high - low) * rng.random((count, len(bounds)))
 
 
 def in_place(stack: np.ndarray, rows: np.ndarray, operation: Callable[[np.ndarray], object]) -> None:
@@ -150,11 +168,13 @@ def box_foreground_fraction(counts: np.ndarray, y0: np.ndarray, x0: np.ndarray, 
 
 
 def resize_crops(columns: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear ``size x size`` resamplings ``[N, size, size]`` of ``boxes [N, 4] = (y0, x0, h, w)`` of the image
-    whose transpose is ``columns [W, H]``, mirrored left-right where ``flips``. Output pixel ``i`` samples
-    ``start + (i + 0.5) * length / size - 0.5``, borders clamped."""
+    """Bilinear ``size x size`` resamplings ``[N, size, size]`` of ``boxes [N, 4] = (y0, x0, h, w)``, mirrored
+    left-right where ``flips``: the boxes are ``N / B`` consecutive ones per image of ``columns [B, W, H]``
+    (the images' transposes). Output pixel ``i`` samples ``start + (i + 0.5) * length / size - 0.5``,
+    borders clamped."""
     count = len(boxes)
-    last = np.array([[columns.shape[1] - 1], [columns.shape[0] - 1]])  # the last row and the last column
+    images, width, height = columns.shape
+    last = np.array([[height - 1], [width - 1]])  # the last row and the last column
     coords = (np.arange(size) + 0.5) / size * boxes[:, 2:, None] + (boxes[:, :2, None] - 0.5)  # [N, 2, size]
     coords[flips, 1] = coords[flips, 1, ::-1]
     coords = np.minimum(np.maximum(coords, 0), last)
@@ -163,9 +183,12 @@ def resize_crops(columns: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size
     weight = (coords - low).astype(np.float32)[..., None]
     # Whole-column copies interpolate between columns, one transpose turns them into rows, and whole-row
     # copies interpolate between rows: no per-pixel gathers.
-    left = _lerp(columns.take(low[:, 1], axis=0), columns.take(high[:, 1], axis=0), weight[:, 1])
+    all_columns = columns.reshape(-1, height)
+    image_start = (np.arange(count) // (count // images) * width)[:, None]
+    left = _lerp(all_columns.take(low[:, 1] + image_start, axis=0), all_columns.take(high[:, 1] + image_start, axis=0),
+                 weight[:, 1])
     box_rows = np.ascontiguousarray(left.transpose(0, 2, 1)).reshape(-1, size)
-    offsets = (np.arange(count) * columns.shape[1])[:, None]
+    offsets = (np.arange(count) * height)[:, None]
     return _lerp(box_rows.take(low[:, 0] + offsets, axis=0), box_rows.take(high[:, 0] + offsets, axis=0),
                  weight[:, 0])
 

@@ -84,13 +84,15 @@ def _drop_keys(batch: dict, keys: list[str]) -> dict:
 
 
 class _CpuMultiCrop:
-    """Ray Data UDF: the per-sample CPU multi-crop, one crop stack per slice."""
+    """Ray Data UDF: the CPU multi-crop over each batch of slices (``MultiCropAugment.many``), one crop
+    stack per slice. Its torch kernels run on one thread: the actor holds one CPU."""
 
     def __init__(self, config: MultiCropConfig):
+        torch.set_num_threads(1)
         self.augment = MultiCropAugment(config, seed=None)
 
     def __call__(self, batch: dict) -> dict:
-        views = [self.augment(image) for image in batch["image"]]
+        views = self.augment.many(list(batch["image"]))
         out = {"global": np.stack([np.stack(v["global"]) for v in views]).astype(np.float32)}
         if views[0]["local"]:
             out["local"] = np.stack([np.stack(v["local"]) for v in views]).astype(np.float32)

@@ -206,16 +206,33 @@ def test_batched_form_runs_on_cuda(slices):
 def test_noise_is_standard_normal_draws_from_a_pool_at_random_offsets(slices):
     pool = NormalPool(np.random.default_rng(0), size=1 << 16)
     assert stats.kstest(pool.values, "norm").pvalue > 1e-3
-    first, second = pool.windows(np.random.default_rng(1), 2, (2, 32, 32))
+    first, second, last = pool.windows(np.array([0.0, 0.5, 1 - 1e-12]), (2, 32, 32))
     assert first.shape == (2, 32, 32) and not np.array_equal(first, second)
+    assert np.array_equal(first.ravel(), pool.values[:2048]) and np.array_equal(last.ravel(), pool.values[-2048:])
     with pytest.raises(ValueError, match="NOISE_POOL_SIZE"):
-        pool.windows(np.random.default_rng(1), 1, (2, 256, 256))
-    # On a first call noise is drawn after every box and parameter, so it is the only difference.
+        pool.windows(np.array([0.0]), (2, 256, 256))
+    # The pool comes from its own generator and window positions are crop parameters drawn either way: the
+    # same seed gives the same crops with and without noise, so the noise is the only difference.
     clean = dataclasses.replace(QUIET, noise_kind="gaussian", noise_sigma=(0.1, 0.1))
     plain, noisy = (MultiCropAugment(c, seed=4)(slices[4]) for c in (clean, dataclasses.replace(clean, noise_p=1.0)))
     noise = [b - a for a, b in zip(plain["global"] + plain["local"], noisy["global"] + noisy["local"])]
     assert stats.kstest(np.concatenate([n.ravel() for n in noise]) / 0.1, "norm").pvalue > 1e-3
     assert not np.allclose(noise[0][:32, :32], noise[1][:32, :32])  # crops get their own noise
+
+
+def test_many_gives_each_slice_the_views_a_call_per_slice_gives(slices):
+    group = slices[3:8]
+    one_by_one = MultiCropAugment(seed=11)
+    expected = [one_by_one(s) for s in group] + [one_by_one(group[0])]
+    together = MultiCropAugment(seed=11)
+    got = together.many(group) + together.many(group[:1])
+    for want, have in zip(expected, got, strict=True):
+        for name in ("global", "local"):
+            assert len(have[name]) == len(want[name])
+            for a, b in zip(want[name], have[name]):
+                np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="one shape"):
+        together.many([slices[0], slices[0][:64]])
 
 
 def test_no_colour_operations_exist():
