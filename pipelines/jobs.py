@@ -62,17 +62,20 @@ def submit_job(address: str, script: str, args: list[str]) -> None:
 
     The repository (less ``JOB_EXCLUDES``) is the job's working directory. The job runs with the
     cluster's environment, not this process's: secrets such as storage credentials and the pseudonym
-    key belong to the cluster. Raises ``CalledProcessError`` when the job fails.
+    key belong to the cluster. On a head on this machine the job runs with this interpreter, on a
+    remote one with the image's ``python``. Raises ``CalledProcessError`` when the job fails.
     """
     import json
     import subprocess
     from pathlib import Path
+    from urllib.parse import urlparse
 
     repo = Path(__file__).resolve().parents[1]
     ray = Path(sys.executable).parent / "ray"
+    python = sys.executable if urlparse(address).hostname in ("127.0.0.1", "localhost", "::1") else "python"
     command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address,
                "--working-dir", str(repo), "--runtime-env-json", json.dumps({"excludes": JOB_EXCLUDES}), "--",
-               sys.executable, f"pipelines/{script}", *args]
+               python, f"pipelines/{script}", *args]
     print(f"[submit] ray job submit --address {address} -- python pipelines/{script} {' '.join(args[:2])} ...",
           flush=True)
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
