@@ -2,7 +2,8 @@
 
 Three chains run on the same in-memory scan bytes (storage I/O excluded), each in its own process so
 that its peak RSS is its own, with NumPy/BLAS pinned to one thread:
-- ``floor``: only decompress and decode to a float32 array (nibabel), the least any chain must do;
+- ``floor``: only decompress and decode to a float32 array (nibabel's parse, scaled in float32 as our
+  reader does: cheaper than nibabel's float64 scaling), the least any chain must do;
 - ``braindino``: ``ingest.process.process_scan`` (bounded read, validation, RAS canonicalisation, linear
   resampling, exact percentiles, z-score, slicing) plus what the job does with the kept slices before
   they reach a shard: one float16 stack (``sample_stack``), then every slice's ``.npy`` bytes
@@ -54,6 +55,7 @@ from scipy import ndimage
 from braindino.catalogue import available
 from braindino.volumes import PreprocessSpec
 from ingest.process import ScanPayload, process_scan
+from ingest.readers.nifti import float32_voxels
 
 CHAINS = ("floor", "braindino", "monai_style")
 INPUTS = ("iso_1mm", "aniso_1x1x3mm")
@@ -86,7 +88,7 @@ def encode_float16_npy(image: np.ndarray) -> bytes:
 def run_floor(payload: ScanPayload) -> int:
     (name, raw), = payload.files.items()
     raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    np.asarray(nib.Nifti1Image.from_bytes(raw).dataobj, dtype=np.float32)
+    float32_voxels(nib.Nifti1Image.from_bytes(raw).dataobj)  # the cheapest decode we know (ours)
     return 0
 
 

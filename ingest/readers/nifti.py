@@ -57,12 +57,23 @@ def read_nifti(key: str, raw: bytes, policy: ScanPolicy) -> RawScan:
         header_affines = {"qform": header.get_qform(), "sform": header.get_sform()}
     data = keep_3d(img.dataobj, key, policy, metadata)
     return RawScan(
-        data=np.asarray(data, dtype=np.float32),
+        data=float32_voxels(data) if data is img.dataobj else np.asarray(data, dtype=np.float32),
         affine=np.asarray(img.affine, dtype=np.float64),
         format=f"nifti{version[0]}",
         metadata=metadata,
         header_affines=header_affines,
     )
+
+
+def float32_voxels(proxy) -> np.ndarray:
+    """A whole 3D proxy's voxels with scl_slope/scl_inter applied in one float32 pass (plus one for an
+    intercept); nibabel would scale through float64 and then cast."""
+    raw = proxy.get_unscaled()
+    voxels = np.empty(raw.shape, dtype=np.float32, order="F" if raw.flags.f_contiguous else "C")
+    np.multiply(raw, np.float32(proxy.slope), out=voxels, casting="unsafe")
+    if proxy.inter:
+        voxels += np.float32(proxy.inter)
+    return voxels
 
 
 def parse_layout(key: str, head: bytes) -> dict[str, Any]:
