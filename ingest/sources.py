@@ -12,12 +12,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ingest.readers.scan import ScanPayload
+from ingest.readers import FORMAT_SUFFIXES, ScanPayload
 from ingest.spec import DatasetSpec
 from ingest.storage import ObjectStoreConfig
-
-
-FORMAT_SUFFIXES = (".nii.gz", ".mgh.gz", ".nii", ".mgh", ".mgz", ".nrrd", ".zip", ".dcm", ".ima")
 
 
 @dataclass(frozen=True)
@@ -120,6 +117,6 @@ def read_payload(source: str, unit: ScanUnit, storage: ObjectStoreConfig, anonym
 
 
 def anonymous_name(index: int, name: str) -> str:
-    """``NNNN`` plus the name's format suffix when it has a known one (``0003.dcm``, ``0000.nii.gz``)."""
-    suffix = next((s for s in FORMAT_SUFFIXES if name.lower().endswith(s)), "")
-    return f"{index:04d}{suffix}"
+    """``NNNN`` plus the name's format suffix when it has one the readers know (``0003.dcm``, ``0000.nii.gz``)."""
+    known = [suffix for suffixes, _ in FORMAT_SUFFIXES for suffix in suffixes if name.lower().endswith(suffix)]
+    return f"{index:04d}{max(known, key=len, default='')}"

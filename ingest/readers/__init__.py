@@ -14,9 +14,16 @@ from ingest.readers.nifti import read_nifti
 from ingest.readers.nrrd_reader import read_nrrd
 from ingest.readers.scan import RawScan, ScanPayload, ScanPolicy, ScanRejected
 
-__all__ = ["RawScan", "ScanPayload", "ScanPolicy", "ScanRejected", "read_scan", "sniff_format"]
+__all__ = ["FORMAT_SUFFIXES", "RawScan", "ScanPayload", "ScanPolicy", "ScanRejected", "read_scan", "sniff_format"]
 
 READERS = {"nifti": read_nifti, "mgh": read_mgh, "nrrd": read_nrrd}
+FORMAT_SUFFIXES = (  # file name endings that name a format, checked before any magic bytes
+    ((".nii", ".nii.gz"), "nifti"),
+    ((".mgh", ".mgz", ".mgh.gz"), "mgh"),
+    ((".nrrd",), "nrrd"),
+    ((".zip",), "zip"),
+    ((".dcm", ".ima"), "dicom"),
+)
 
 
 def read_scan(payload: ScanPayload, policy: ScanPolicy | None = None) -> RawScan:
@@ -38,13 +45,7 @@ def read_scan(payload: ScanPayload, policy: ScanPolicy | None = None) -> RawScan
 def sniff_format(name: str, raw: bytes) -> str:
     """``nifti``, ``mgh``, ``nrrd``, ``zip`` or ``dicom`` from the file name, else from the magic bytes."""
     lower = name.lower()
-    for suffixes, kind in (
-        ((".nii", ".nii.gz"), "nifti"),
-        ((".mgh", ".mgz", ".mgh.gz"), "mgh"),
-        ((".nrrd",), "nrrd"),
-        ((".zip",), "zip"),
-        ((".dcm", ".ima"), "dicom"),
-    ):
+    for suffixes, kind in FORMAT_SUFFIXES:
         if lower.endswith(suffixes):
             return kind
     if raw.startswith(b"NRRD"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.sources import list_objects, read_payload, scan_units
+from ingest.sources import anonymous_name, list_objects, read_payload, scan_units
 from ingest.spec import DatasetSpec
 from ingest.storage import ObjectStoreConfig
 
@@ -64,3 +64,9 @@ def test_local_folders_list_and_read_the_same_way(tmp_path):
     units = scan_units(SPEC, list_objects(source, ObjectStoreConfig()))
     assert [u.key for u in units] == ["sub-1/anat.nii.gz", "sub-1/series4/", "sub-2/scan.mgz"]
     assert read_payload(source, units[2], ObjectStoreConfig()).files == {"scan.mgz": b"mgz"}
+
+
+def test_anonymous_names_keep_only_the_position_and_a_format_suffix_the_readers_know():
+    assert anonymous_name(3, "DOE.JANE_19650312.nii.gz") == "0003.nii.gz"
+    assert anonymous_name(0, "DOE^JANE.IM0001") == "0000"
+    assert anonymous_name(12, "t1_doe.MGH.GZ") == "0012.mgh.gz"
