@@ -142,16 +142,19 @@ class VisionTransformer(nn.Module):
         )
         coords = grid_coordinates(*grid, device=x.device)
         cos, sin = rope_angles(coords, self.embed_dim // self.config.num_heads, self.config.rope_base)
+        prefix = self.n_prefix
         blocks = {}
         for index, block in enumerate(self.blocks):
-            tokens = block(tokens, cos, sin, self.n_prefix)
+            tokens = block(tokens, cos, sin, prefix)
             if index in return_blocks:
-                blocks[index] = tokens[:, self.n_prefix :]
-        tokens = self.norm(tokens)
+                blocks[index] = tokens[:, prefix:].clone()
+        # Every output is a tensor of its own, not a view of ``tokens`` (LayerNorm is per token, so norming
+        # the groups apart changes nothing): FSDP2 hooks its backward all-gather on a root's outputs, and an
+        # in-place op on a view would drop that hook.
         return BackboneOutput(
-            cls=tokens[:, 0],
-            registers=tokens[:, 1 : self.n_prefix],
-            patches=tokens[:, self.n_prefix :],
+            cls=self.norm(tokens[:, 0]),
+            registers=self.norm(tokens[:, 1:prefix]),
+            patches=self.norm(tokens[:, prefix:]),
             grid=grid,
             blocks=blocks,
         )

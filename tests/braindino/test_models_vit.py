@@ -100,6 +100,18 @@ def test_return_blocks_gives_raw_patch_tokens_of_the_requested_blocks():
     assert not torch.allclose(out.blocks[1], out.patches)
 
 
+@pytest.mark.parametrize("registers", [0, 4])
+def test_outputs_are_tensors_of_their_own_normed_per_token(registers):
+    """No output is a view (FSDP2 hooks a root's backward on its outputs; an in-place op on a view drops it),
+    and norming the token groups apart equals one final norm over all tokens."""
+    model = micro(num_registers=registers).eval()
+    last = model.config.depth - 1
+    out = model(torch.randn(2, 1, 32, 32), return_blocks=(last,))
+    assert all(t._base is None for t in (out.cls, out.registers, out.patches, out.blocks[last]))
+    assert out.registers.shape == (2, registers, 64)
+    assert torch.equal(model.norm(out.blocks[last]), out.patches)  # the last block's raw patches, normed alone
+
+
 def test_drop_path_is_stochastic_in_training_and_off_in_eval():
     model = micro(drop_path_rate=0.9)
     x = torch.randn(4, 1, 32, 32)
