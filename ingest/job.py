@@ -40,7 +40,7 @@ from ingest.spec import DatasetSpec
 from ingest.storage import ObjectStoreConfig
 from ingest.writers.files import write_bytes
 from ingest.writers.shards import SAMPLE_FORMAT_VERSION, sample_key, sample_stack, shard_name, write_shard
-from ingest.writers.zarr_store import open_root, prepare_root, read_axial_slice, write_volume
+from ingest.writers.zarr_store import open_root, prepare_root, read_axial_slice, volume_attrs, write_volume
 
 INGEST_VERSION = 1
 QC_TILES_PER_DATASET = 24
@@ -125,16 +125,19 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     store = ManifestStore(settings.output, settings.storage)
     previous = store.latest()
     preprocess = json.loads(settings.preprocess.to_json())
-    if previous.preprocess not in (None, preprocess):
+    made_with = previous_preprocess(previous, settings)
+    if made_with not in (None, preprocess):
         raise ValueError(
-            f"{settings.output} holds slices made with preprocess {previous.preprocess} (manifest v{previous.version}); "
+            f"{settings.output} holds slices made with preprocess {made_with} (manifest v{previous.version}); "
             f"this run asks for {preprocess}. Set ingest.preprocess to match, or ingest into a new output root"
         )
     tasks, seen = plan_tasks(specs, settings.storage, previous)
     report = IngestReport(run_id, previous.version, committed=False, scans_seen=seen)
     labels = next_labels(previous, label_rows(specs, settings.storage))
     licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
-    if not tasks and same_rows(labels, previous.labels) and all(previous.datasets.get(n) == v for n, v in licences.items()):
+    recorded = previous.version == 0 or previous.preprocess is not None  # else commit to record the spec
+    if not tasks and recorded and same_rows(labels, previous.labels) and all(
+            previous.datasets.get(n) == v for n, v in licences.items()):
         report.seconds = time.monotonic() - started
         return report
 
@@ -201,6 +204,25 @@ def sweep_uncommitted(store: ManifestStore, settings: IngestSettings) -> None:
         for info in listing:
             if info.type == pafs.FileType.Directory and info.base_name not in committed:
                 fs.delete_dir(info.path)
+
+
+def previous_preprocess(previous: Manifest, settings: IngestSettings) -> dict[str, Any] | None:
+    """The preprocessing spec the slices of ``previous`` were made with (None when it holds none).
+
+    A manifest written before versions recorded the spec still names it: every stored volume carries
+    the spec it was made with in its zarr attributes. Volumes that disagree stop the run.
+    """
+    if previous.preprocess is not None:
+        return previous.preprocess
+    paths = [row["zarr_path"] for row in previous.current_scans() if row["status"] == "ok"]
+    if not paths:
+        return None
+    root = open_root(settings.output, settings.storage, mode="r")
+    specs = {json.dumps(volume_attrs(root, path)["provenance"].get("preprocess_spec"), sort_keys=True) for path in paths}
+    if len(specs) > 1:
+        raise ValueError(f"{settings.output}: the volumes of manifest v{previous.version} were made with different "
+                         f"preprocessing specs ({sorted(specs)}); ingest into a new output root")
+    return json.loads(specs.pop())
 
 
 def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: Manifest) -> tuple[list[dict[str, Any]], int]:

@@ -56,7 +56,8 @@ def manifest_preprocess(index: ShardIndex) -> PreprocessSpec:
     """The preprocessing the training slices were made with, as the ingest recorded it in the manifest."""
     if index.preprocess is None:
         raise ValueError(f"{index.root}: manifest v{index.version} records no preprocessing spec (it predates "
-                         "that record); re-ingest into a new output root, then train and register from it")
+                         "that record); run the ingest on that output root again (it commits a version recording "
+                         "the spec its volumes were made with), then train and register from it")
     return PreprocessSpec.from_json(json.dumps(index.preprocess))
 
 

@@ -65,6 +65,16 @@ def write_volume(root: zarr.Group, dataset: str, volume_id: str, volume: Canonic
     return f"{ZARR_FOLDER}/{dataset}/{volume_id}"
 
 
+def stored_array(root: zarr.Group, zarr_path: str) -> zarr.Array:
+    """The array at a manifest's ``zarr_path``."""
+    return root[zarr_path.removeprefix(f"{ZARR_FOLDER}/")]
+
+
 def read_axial_slice(root: zarr.Group, zarr_path: str, z: int) -> np.ndarray:
     """One axial slice of a stored volume (a single chunk read)."""
-    return np.asarray(root[zarr_path.removeprefix(f"{ZARR_FOLDER}/")][:, :, z])
+    return np.asarray(stored_array(root, zarr_path)[:, :, z])
+
+
+def volume_attrs(root: zarr.Group, zarr_path: str) -> dict[str, Any]:
+    """The attributes stored beside a volume (geometry, provenance, pseudonyms)."""
+    return dict(stored_array(root, zarr_path).attrs)

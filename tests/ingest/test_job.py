@@ -335,3 +335,26 @@ def test_a_changed_label_table_alone_commits_new_labels_and_nothing_else(world, 
     ages = {r["value"] for r in after.labels.to_pylist() if r["dataset"] == "lab" and r["label"] == "age"}
     assert ages == {"35", "71"}
     assert not ingest(world["config"]).committed  # and the next run finds nothing new again
+
+
+def test_a_manifest_that_predates_the_spec_record_gets_it_from_the_stored_volumes(world, killed_then_rerun):
+    """A version committed before manifests recorded the preprocessing spec (its record dropped here): the next
+    run refuses another spec, then with the same spec commits a version that records it and changes nothing else."""
+    fs, root = world["fs"], world["root"]
+    before = latest(world)
+    commit = json.loads(fs.open_input_stream(f"{root}/manifest/v{before.version:06d}.json").read())
+    del commit["preprocess"]
+    legacy = before.version + 1
+    with fs.open_output_stream(f"{root}/manifest/v{legacy:06d}.json") as out:
+        out.write(json.dumps({**commit, "version": legacy}).encode())
+    assert latest(world).preprocess is None
+
+    config = world["config"]
+    with pytest.raises(ValueError, match="'slice_size': 128.*'slice_size': 64"):
+        ingest(replace(config, ingest=replace(config.ingest, preprocess=replace(SPEC, slice_size=64))))
+    report = ingest(config)
+    after = latest(world)
+    assert report.committed and report.scans_processed == 0 and after.version == legacy + 1
+    assert after.preprocess == json.loads(SPEC.to_json())
+    assert after.scans.equals(before.scans) and after.slices.equals(before.slices)
+    assert not ingest(config).committed
