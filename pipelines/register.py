@@ -31,7 +31,7 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
         self.encoder = Encoder.from_checkpoint(Path(context.artifacts["encoder"]) / "encoder.safetensors")
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         import torch
 
         slices = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
