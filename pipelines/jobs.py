@@ -16,7 +16,7 @@ def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file for this job (defaults are used without it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set train.batch_size=64 (repeatable)")
+                        help="override one config key by its dotted path, e.g. --set section.key=value (repeatable)")
     return parser
 
 
