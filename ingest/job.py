@@ -210,7 +210,7 @@ def previous_preprocess(previous: Manifest, settings: IngestSettings) -> dict[st
     """The preprocessing spec the slices of ``previous`` were made with (None when it holds none).
 
     A manifest written before versions recorded the spec still names it: every stored volume carries
-    the spec it was made with in its zarr attributes. Volumes that disagree stop the run.
+    the spec it was made with in its zarr attributes. Volumes that disagree, or lack it, stop the run.
     """
     if previous.preprocess is not None:
         return previous.preprocess
@@ -219,9 +219,9 @@ def previous_preprocess(previous: Manifest, settings: IngestSettings) -> dict[st
         return None
     root = open_root(settings.output, settings.storage, mode="r")
     specs = {json.dumps(volume_attrs(root, path)["provenance"].get("preprocess_spec"), sort_keys=True) for path in paths}
-    if len(specs) > 1:
-        raise ValueError(f"{settings.output}: the volumes of manifest v{previous.version} were made with different "
-                         f"preprocessing specs ({sorted(specs)}); ingest into a new output root")
+    if len(specs) > 1 or specs == {"null"}:
+        raise ValueError(f"{settings.output}: manifest v{previous.version} records no preprocessing spec and its volumes "
+                         f"name {' / '.join(sorted(specs))}; ingest into a new output root")
     return json.loads(specs.pop())
 
 
