@@ -11,7 +11,7 @@ form), borders are clamped. Noise is read from a pool of standard normals (``noi
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -55,12 +55,10 @@ class MultiCropAugment:
         cfg = self.config
         (n_global, global_size, global_scale), (n_local, local_size, local_scale) = cfg.views()
         per_slice = n_global + n_local
-        # Every random number of a slice in two draws, slice after slice: its boxes, then its crops' parameters.
+        box_draws, parameters = draw_slice_randoms(self.rng, cfg, len(images), per_slice)
         scale = np.repeat([global_scale, local_scale], [n_global, n_local], axis=0)
-        boxes, parameters = (np.stack(draws) for draws in zip(*(
-            (sample_crop_boxes(self.rng, foreground_integral(image), per_slice, scale, cfg.aspect_ratio,
-                               cfg.min_brain_fraction, cfg.max_crop_tries), draw_crop_parameters(self.rng, cfg, per_slice))
-            for image in images)))
+        boxes = sample_crop_boxes(foreground_integral(images), box_draws, scale, cfg.aspect_ratio,
+                                  cfg.min_brain_fraction)
         columns = np.ascontiguousarray(images.transpose(0, 2, 1))
         views: list[dict[str, list[np.ndarray]]] = [{"global": [], "local": []} for _ in images]
         for name, first, stop, size in (("global", 0, n_global, global_size), ("local", n_global, per_slice, local_size)):
@@ -69,42 +67,46 @@ class MultiCropAugment:
             crops = self._views(columns, boxes[:, first:stop].reshape(-1, 4),
                                 parameters[:, first:stop].reshape(-1, parameters.shape[-1]), size)
             for index, sample in enumerate(views):
-                sample[name] = list(crops[index * (stop - first):(index + 1) * (stop - first)])
+                sample[name] = crops[index * (stop - first):(index + 1) * (stop - first)]
         return views
 
-    def _views(self, columns: np.ndarray, boxes: np.ndarray, parameters: np.ndarray, size: int) -> np.ndarray:
-        """Crops ``[N, size, size]`` of ``boxes [N, 4]``, the same number from each image of ``columns``."""
+    def _views(self, columns: np.ndarray, boxes: np.ndarray, parameters: np.ndarray, size: int) -> list[np.ndarray]:
+        """Crops ``size x size`` of ``boxes [N, 4]``, the same number from each image of ``columns``, in their
+        order: rows of one stack, which holds them in ``crop_order`` so that every operation runs over whole
+        runs of rows."""
         cfg = self.config
+        jitter, biased, blurred, noisy = (parameters[:, column] < p for column, p in (
+            (JITTER, cfg.intensity_p), (BIAS, cfg.bias_field_p), (BLUR, cfg.blur_p), (NOISE, cfg.noise_p)))
+        order = crop_order(jitter, blurred, noisy)
+        sources = order // (len(boxes) // len(columns))
+        boxes, parameters = boxes[order], parameters[order]
         window = parameters[:, NOISE_WINDOW]  # float64: a position among millions of pool offsets
         parameters = parameters.astype(np.float32)
-        crops = resize_crops(columns, boxes, parameters[:, FLIP] < cfg.flip_p, size)
-        foreground = crops != 0
-        jitter = (parameters[:, JITTER] < cfg.intensity_p).nonzero()[0]
-        if jitter.size:
-            in_place(crops, jitter, lambda part: jitter_intensity(part, *parameters[jitter, CONTRAST:GAMMA + 1].T))
-        biased = (parameters[:, BIAS] < cfg.bias_field_p).nonzero()[0]
-        if biased.size:
-            for row, field in zip(biased, bias_field(parameters[biased, BIAS_COEFFICIENTS], size)):
-                crops[row] *= field
-        if jitter.size or biased.size:
-            crops *= foreground  # background back to exactly 0 (a no-op on untouched crops)
-        blurred = (parameters[:, BLUR] < cfg.blur_p).nonzero()[0]
-        if blurred.size:
-            crops[blurred] = gaussian_blur(crops[blurred], parameters[blurred, BLUR_SIGMA].astype(np.float64))
-        noisy = (parameters[:, NOISE] < cfg.noise_p).nonzero()[0]
-        if noisy.size:
+        crops = resize_crops(columns, sources, boxes, parameters[:, FLIP] < cfg.flip_p, size)
+        for rows in runs(jitter[order]):
+            jitter_intensity(crops[rows], *parameters[rows, CONTRAST:GAMMA + 1].T)
+        rows = biased[order].nonzero()[0]
+        for row, field in zip(rows, bias_field(parameters[rows, BIAS_COEFFICIENTS], size)):
+            crops[row] *= field  # background stays 0: only jittered crops need it reset
+        for rows in runs(blurred[order]):
+            gaussian_blur(crops[rows], parameters[rows, BLUR_SIGMA].astype(np.float64), out=crops[rows])
+        for rows in runs(noisy[order]):
             self.noise = self.noise or NormalPool(np.random.default_rng(self.rng.bit_generator.seed_seq.spawn(1)[0]))
             parts = 1 if cfg.noise_kind == "gaussian" else 2
-            normals = np.stack(self.noise.windows(window[noisy], (parts, size, size)))
-            crops[noisy] = add_noise(crops[noisy], parameters[noisy, NOISE_SIGMA], normals)
-        return crops
+            normals = np.stack(self.noise.windows(window[rows], (parts, size, size)))
+            add_noise(crops[rows], parameters[rows, NOISE_SIGMA], normals)
+        return [crops[row] for row in np.argsort(order)]
 
 
-def draw_crop_parameters(rng: np.random.Generator, config: MultiCropConfig, count: int) -> np.ndarray:
-    """``[count, columns]`` per-crop parameters, one uniform draw each: the probability columns (``FLIP``,
-    ``JITTER``, ``BIAS``, ``BLUR``, ``NOISE``) in [0, 1) to compare with their ``*_p``, ``NOISE_WINDOW`` in
-    [0, 1) (where the crop's noise starts in the pool), the others in their configured ranges, the bias field
-    coefficients in +-``bias_field_strength``. float64, so that a window position keeps its resolution."""
+def draw_slice_randoms(rng: np.random.Generator, config: MultiCropConfig, slices: int,
+                       per_slice: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every random number of ``slices`` slices with ``per_slice`` crops each, slice after slice and within a
+    slice its box draws then its crop parameters, in one draw: box draws ``[slices, 4, per_slice, tries]``
+    for ``sample_crop_boxes`` and parameters ``[slices, per_slice, columns]``. Parameters map uniform draws
+    to their ranges: the probability columns (``FLIP``, ``JITTER``, ``BIAS``, ``BLUR``, ``NOISE``) stay in
+    [0, 1) to compare with their ``*_p``, ``NOISE_WINDOW`` too (where the crop's noise starts in the pool),
+    the others span their configured ranges, the bias field coefficients +-``bias_field_strength``. float64,
+    so that a window position keeps its resolution."""
     strength = config.bias_field_strength
     bounds = [(0, 1)] * BIAS_COEFFICIENTS.stop
     for column, values in ((CONTRAST, config.contrast), (BRIGHTNESS, config.brightness), (GAMMA, config.gamma),
@@ -112,68 +114,79 @@ def draw_crop_parameters(rng: np.random.Generator, config: MultiCropConfig, coun
         bounds[column] = values
     bounds[BIAS_COEFFICIENTS] = [(-strength, strength)] * len(BIAS_FIELD_TERMS)
     low, high = np.array(bounds, dtype=np.float64).T
-    return low + (high - low) * rng.random((count, len(bounds)))
+    box_length = 4 * per_slice * config.max_crop_tries
+    draws = rng.random((slices, box_length + per_slice * len(bounds)))
+    box_draws = draws[:, :box_length].reshape(slices, 4, per_slice, config.max_crop_tries)
+    return box_draws, low + (high - low) * draws[:, box_length:].reshape(slices, per_slice, len(bounds))
 
 
-def in_place(stack: np.ndarray, rows: np.ndarray, operation: Callable[[np.ndarray], object]) -> None:
-    """Run ``operation``, which works in place on a stack, on the ``rows`` (indices) of ``stack``."""
-    if rows.size == len(stack):
-        operation(stack)
-    else:
-        part = stack[rows]
-        operation(part)
-        stack[rows] = part
+def crop_order(jitter: np.ndarray, blurred: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """A permutation of crops (flags ``[N]`` each) under which the jittered crops form one run, the blurred
+    ones one run and the noisy ones at most two: jittered unblurred crops, then jittered blurred, blurred
+    unjittered and the rest, the noisy crops last in the first and third group and first in the others."""
+    group = np.where(jitter, blurred, 3 - blurred)
+    return np.argsort(2 * group + (noisy ^ (group % 2 == 1)), kind="stable")
 
 
-def foreground_integral(image: np.ndarray) -> np.ndarray:
-    """Summed-area table of ``image != 0``, shape ``[H + 1, W + 1]``, so any box count costs O(1)."""
-    counts = np.zeros((image.shape[0] + 1, image.shape[1] + 1), dtype=np.int32)
-    # NumPy's cumsum is several times faster along contiguous memory: sum down the columns of the transpose.
-    counts[1:, 1:] = np.cumsum(np.ascontiguousarray((image != 0).T), axis=1, dtype=np.int32).T
-    np.cumsum(counts[1:, 1:], axis=1, out=counts[1:, 1:])
+def runs(flags: np.ndarray) -> list[slice]:
+    """The runs of consecutive true ``flags`` as slices."""
+    edges = np.diff(flags.astype(np.int8), prepend=0, append=0).nonzero()[0]
+    return [slice(start, stop) for start, stop in zip(edges[::2], edges[1::2])]
+
+
+def foreground_integral(images: np.ndarray) -> np.ndarray:
+    """Summed-area tables of ``images != 0`` (``[B, H, W]``), shape ``[B, H + 1, W + 1]``, so any box count
+    costs O(1)."""
+    count, height, width = images.shape
+    counts = np.zeros((count, height + 1, width + 1), dtype=np.int32)
+    # NumPy's cumsum is several times faster along contiguous memory: sum down the columns of the transposes.
+    counts[:, 1:, 1:] = np.cumsum(np.ascontiguousarray((images != 0).transpose(0, 2, 1)), axis=2,
+                                  dtype=np.int32).transpose(0, 2, 1)
+    np.cumsum(counts[:, 1:, 1:], axis=2, out=counts[:, 1:, 1:])
     return counts
 
 
-def sample_crop_boxes(rng: np.random.Generator, counts: np.ndarray, count: int, scale: tuple[float, float] | np.ndarray,
-                      aspect_ratio: tuple[float, float], min_fraction: float, tries: int) -> np.ndarray:
-    """``count`` boxes ``(y0, x0, h, w)`` in pixels: per box, the first of ``tries`` random boxes whose
-    foreground fraction reaches ``min_fraction``, else the one with the most foreground. ``scale`` is the
-    area fraction range, for all boxes or one ``[count, 2]`` row per box."""
-    height, width = counts.shape[0] - 1, counts.shape[1] - 1
+def sample_crop_boxes(counts: np.ndarray, draws: np.ndarray, scale: tuple[float, float] | np.ndarray,
+                      aspect_ratio: tuple[float, float], min_fraction: float) -> np.ndarray:
+    """Boxes ``[B, count, 4] = (y0, x0, h, w)`` in pixels in the images of ``counts`` (``foreground_integral``),
+    from uniform ``draws [B, 4, count, tries]``: per box, the first of the tries whose foreground fraction
+    reaches ``min_fraction``, else the one with the most foreground. ``scale`` is the area fraction range,
+    for all boxes or one ``[count, 2]`` row per box."""
+    height, width = counts.shape[1] - 1, counts.shape[2] - 1
     low, high = np.asarray(scale, dtype=np.float64).T[..., None]
     log_ratio = np.log(aspect_ratio)
-    draws = rng.random((4, count, tries))
-    area = (low + (high - low) * draws[0]) * (height * width)
-    ratio = np.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
+    area = (low + (high - low) * draws[:, 0]) * (height * width)
+    ratio = np.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[:, 1])
     h = np.minimum(np.sqrt(area / ratio), height)
     w = np.minimum(np.sqrt(area * ratio), width)
-    y0 = draws[2] * (height - h)
-    x0 = draws[3] * (width - w)
+    y0 = draws[:, 2] * (height - h)
+    x0 = draws[:, 3] * (width - w)
     fraction = box_foreground_fraction(counts, y0, x0, h, w)
     passes = fraction >= min_fraction
-    pick = np.where(passes.any(axis=1), passes.argmax(axis=1), fraction.argmax(axis=1))
-    return np.stack([y0, x0, h, w], axis=-1)[np.arange(count), pick]
+    pick = np.where(passes.any(axis=2), passes.argmax(axis=2), fraction.argmax(axis=2))
+    return np.take_along_axis(np.stack([y0, x0, h, w], axis=-1), pick[..., None, None], axis=2)[:, :, 0]
 
 
 def box_foreground_fraction(counts: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: np.ndarray,
                             w: np.ndarray) -> np.ndarray:
-    """Foreground fraction of each box, its edges rounded to whole pixels."""
-    height, width = counts.shape[0] - 1, counts.shape[1] - 1
+    """Foreground fraction of each box ``[B, ...]`` in its image's table ``counts [B]``, its edges rounded to
+    whole pixels."""
+    height, width = counts.shape[1] - 1, counts.shape[2] - 1
     top = np.rint(y0).astype(np.intp)
     left = np.rint(x0).astype(np.intp)
     bottom = np.minimum(np.maximum(np.rint(y0 + h).astype(np.intp), top + 1), height)
     right = np.minimum(np.maximum(np.rint(x0 + w).astype(np.intp), left + 1), width)
-    inside = counts[bottom, right] - counts[top, right] - counts[bottom, left] + counts[top, left]
+    image = np.arange(len(counts)).reshape(-1, *[1] * (top.ndim - 1))
+    inside = counts[image, bottom, right] - counts[image, top, right] - counts[image, bottom, left] + counts[image, top, left]
     return inside / ((bottom - top) * (right - left))
 
 
-def resize_crops(columns: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear ``size x size`` resamplings ``[N, size, size]`` of ``boxes [N, 4] = (y0, x0, h, w)``, mirrored
-    left-right where ``flips``: the boxes are ``N / B`` consecutive ones per image of ``columns [B, W, H]``
-    (the images' transposes). Output pixel ``i`` samples ``start + (i + 0.5) * length / size - 0.5``,
-    borders clamped."""
+def resize_crops(columns: np.ndarray, sources: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear ``size x size`` resamplings ``[N, size, size]`` of ``boxes [N, 4] = (y0, x0, h, w)`` in the images
+    ``sources [N]`` of ``columns [B, W, H]`` (the images' transposes), mirrored left-right where ``flips``.
+    Output pixel ``i`` samples ``start + (i + 0.5) * length / size - 0.5``, borders clamped."""
     count = len(boxes)
-    images, width, height = columns.shape
+    width, height = columns.shape[1:]
     last = np.array([[height - 1], [width - 1]])  # the last row and the last column
     coords = (np.arange(size) + 0.5) / size * boxes[:, 2:, None] + (boxes[:, :2, None] - 0.5)  # [N, 2, size]
     coords[flips, 1] = coords[flips, 1, ::-1]
@@ -184,7 +197,7 @@ def resize_crops(columns: np.ndarray, boxes: np.ndarray, flips: np.ndarray, size
     # Whole-column copies interpolate between columns, one transpose turns them into rows, and whole-row
     # copies interpolate between rows: no per-pixel gathers.
     all_columns = columns.reshape(-1, height)
-    image_start = (np.arange(count) // (count // images) * width)[:, None]
+    image_start = (sources * width)[:, None]
     left = _lerp(all_columns.take(low[:, 1] + image_start, axis=0), all_columns.take(high[:, 1] + image_start, axis=0),
                  weight[:, 1])
     box_rows = np.ascontiguousarray(left.transpose(0, 2, 1)).reshape(-1, size)
@@ -201,9 +214,10 @@ def _lerp(start: np.ndarray, end: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 def jitter_intensity(crops: np.ndarray, contrast: np.ndarray, brightness: np.ndarray, gamma: np.ndarray) -> None:
     """In place on a ``[N, S, S]`` stack: ``contrast * gamma_curve(crop) + brightness`` per crop, the gamma curve
-    taken over each crop's own min-max range (background is reset to 0 by the caller). ``span * unit**gamma``
-    is computed as ``span**(1 - gamma) * exp(gamma * log(crop - low))``: one log and one exp per pixel (the
+    taken over each crop's own min-max range, background (pixels at 0) left at 0. ``span * unit**gamma`` is
+    computed as ``span**(1 - gamma) * exp(gamma * log(crop - low))``: one log and one exp per pixel (the
     minimum pixel's ``log(0) = -inf`` maps to 0, as ``unit**gamma`` does for ``gamma > 0``)."""
+    background = crops == 0
     low = crops.min(axis=(1, 2), keepdims=True)
     span = np.maximum(crops.max(axis=(1, 2), keepdims=True) - low, np.float32(1e-6))
     contrast, brightness, gamma = (v[:, None, None] for v in (contrast, brightness, gamma))
@@ -214,6 +228,7 @@ def jitter_intensity(crops: np.ndarray, contrast: np.ndarray, brightness: np.nda
     values.exp_()
     crops *= contrast * span ** (1 - gamma)
     crops += contrast * low + brightness
+    np.copyto(crops, 0, where=background)
 
 
 def bias_field(coefficients: np.ndarray, size: int) -> np.ndarray:
@@ -235,9 +250,9 @@ def _bias_factors(size: int) -> tuple[np.ndarray, np.ndarray]:
     return along_rows, along_cols
 
 
-def gaussian_blur(crops: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+def gaussian_blur(crops: np.ndarray, sigma: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``scipy.ndimage.gaussian_filter`` (edges replicated, kernels cut at ``BLUR_TRUNCATE`` sigmas) of each
-    crop of a ``[N, S, S]`` stack with its own sigma. Small crops go through one batched product with blur
+    crop of a ``[N, S, S]`` stack with its own sigma, into ``out`` (which may be ``crops``). Small crops go through one batched product with blur
     operators (``operator @ crop @ operator.T``); larger ones, where the products' O(S^3) would dominate,
     through separable passes over the edge-padded stack."""
     radius = np.floor(BLUR_TRUNCATE * sigma + 0.5)
@@ -248,9 +263,12 @@ def gaussian_blur(crops: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     count, size = crops.shape[0], crops.shape[-1]
     if size <= OPERATOR_BLUR_MAX_SIZE:
         operators = blur_operators(kernel, size)
-        return operators @ crops @ operators.transpose(0, 2, 1)
+        return np.matmul(operators @ crops, operators.transpose(0, 2, 1), out=out)
+    if out is None:
+        out = np.empty_like(crops)
     if reach == 0:
-        return crops.copy()
+        np.copyto(out, crops)
+        return out
     width = size + 2 * reach
     padded = np.empty((count, width, width), dtype=np.float32)
     padded[:, reach:-reach, reach:-reach] = crops
@@ -268,7 +286,8 @@ def gaussian_blur(crops: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     columns = np.einsum("nt,ntl->nl", kernel, taps)
     blurred = np.empty((count, size, width), dtype=np.float32)  # row y from column `reach` of padded row y
     _shifted_sum(columns, kernel[:, reach:, None], blurred.reshape(count, -1)[:, :-2 * reach])
-    return blurred[:, :, :size]
+    np.copyto(out, blurred[:, :, :size])
+    return out
 
 
 def _shifted_sum(flat: np.ndarray, weights: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -315,16 +334,17 @@ def _edge_taps(size: int, reach: int) -> tuple[np.ndarray, np.ndarray]:
     return first, last
 
 
-def add_noise(crops: np.ndarray, sigma: np.ndarray, normals: np.ndarray) -> np.ndarray:
-    """Gaussian noise (``normals [N, 1, S, S]`` standard normals), or Rician (``normals [N, 2, S, S]``): the
-    magnitude of complex Gaussian noise added to each crop shifted so its minimum is 0 (Rician noise lives
-    on non-negative magnitudes; z-scored slices go negative). Works in ``normals``."""
+def add_noise(crops: np.ndarray, sigma: np.ndarray, normals: np.ndarray) -> None:
+    """In place on a ``[N, S, S]`` stack: Gaussian noise (``normals [N, 1, S, S]`` standard normals), or Rician
+    (``normals [N, 2, S, S]``): the magnitude of complex Gaussian noise added to each crop shifted so its
+    minimum is 0 (Rician noise lives on non-negative magnitudes; z-scored slices go negative). Works in
+    ``normals``."""
     sigma = sigma[:, None, None]
     real = normals[:, 0]
     real *= sigma
     if normals.shape[1] == 1:
-        real += crops
-        return real
+        crops += real
+        return
     floor = crops.min(axis=(1, 2), keepdims=True)
     real += crops
     real -= floor
@@ -334,5 +354,4 @@ def add_noise(crops: np.ndarray, sigma: np.ndarray, normals: np.ndarray) -> np.n
     imaginary *= imaginary
     real += imaginary
     np.sqrt(real, out=real)
-    real += floor
-    return real
+    np.add(real, floor, out=crops)

@@ -138,15 +138,16 @@ def test_intensity_operations_leave_the_background_at_zero(slices):
 
 
 def test_crop_boxes_are_drawn_alike_by_both_forms(slices):
-    counts = cpu_ops.foreground_integral(slices[6])
-    cpu_boxes = cpu_ops.sample_crop_boxes(np.random.default_rng(0), counts, 4000, (0.05, 0.32), (0.75, 4 / 3), 0.25, 10)
+    counts = cpu_ops.foreground_integral(slices[6:7])
+    draws = np.random.default_rng(0).random((1, 4, 4000, 10))
+    cpu_boxes = cpu_ops.sample_crop_boxes(counts, draws, (0.05, 0.32), (0.75, 4 / 3), 0.25)[0]
     generator = torch.Generator().manual_seed(0)
 
     def uniform(bounds, *shape):
         return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(shape, generator=generator)
 
     torch_counts = batched_ops.foreground_integral(torch.from_numpy(slices[6:7]))
-    assert np.array_equal(torch_counts[0].numpy(), counts)
+    assert np.array_equal(torch_counts.numpy(), counts)
     torch_boxes = torch.stack(batched_ops.sample_crop_boxes(
         torch_counts, torch.zeros(4000, dtype=torch.long), (0.05, 0.32), (0.75, 4 / 3), 0.25, 10, uniform), 1).numpy()
     height, width = slices[6].shape
