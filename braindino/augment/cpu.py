@@ -21,6 +21,9 @@ from braindino.augment.noise import NormalPool
 
 # Crops up to this size are blurred by matrix products, larger ones by shifted adds (measured crossover).
 OPERATOR_BLUR_MAX_SIZE = 64
+# Crops of one size are processed in equal passes over the crops of whole slices, at most about this many
+# pixels a pass (larger stacks outgrow the caches).
+PASS_PIXELS = 1 << 19
 
 # Columns of the per-crop parameters (``draw_crop_parameters``): uniform draws mapped to their ranges.
 FLIP, JITTER, CONTRAST, BRIGHTNESS, GAMMA, BIAS, BLUR, BLUR_SIGMA, NOISE, NOISE_SIGMA, NOISE_WINDOW = range(11)
@@ -46,8 +49,9 @@ class MultiCropAugment:
 
     def many(self, slices: Sequence[np.ndarray]) -> list[dict[str, list[np.ndarray]]]:
         """The views of each of ``slices`` (one ``[H, W]`` shape), as ``[self(s) for s in slices]`` would give
-        them: every crop keeps its own random parameters. Each operation runs once over the crops of all
-        the slices, so a data pipeline that hands over a batch pays the per-call costs once per batch."""
+        them: every crop keeps its own random parameters. Each operation runs over the crops of several
+        slices at once (``PASS_PIXELS`` a pass), so a data pipeline that hands over a batch pays the per-call
+        costs once per pass rather than once per slice."""
         shapes = {np.shape(s) for s in slices}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise ValueError(f"MultiCropAugment expects [H, W] slices of one shape, got shapes {sorted(shapes)}")
@@ -57,17 +61,20 @@ class MultiCropAugment:
         per_slice = n_global + n_local
         box_draws, parameters = draw_slice_randoms(self.rng, cfg, len(images), per_slice)
         scale = np.repeat([global_scale, local_scale], [n_global, n_local], axis=0)
-        boxes = sample_crop_boxes(foreground_integral(images), box_draws, scale, cfg.aspect_ratio,
-                                  cfg.min_brain_fraction)
         columns = np.ascontiguousarray(images.transpose(0, 2, 1))
+        boxes = sample_crop_boxes(foreground_integral(columns), box_draws, scale, cfg.aspect_ratio,
+                                  cfg.min_brain_fraction)
         views: list[dict[str, list[np.ndarray]]] = [{"global": [], "local": []} for _ in images]
         for name, first, stop, size in (("global", 0, n_global, global_size), ("local", n_global, per_slice, local_size)):
             if stop == first:
                 continue
-            crops = self._views(columns, boxes[:, first:stop].reshape(-1, 4),
-                                parameters[:, first:stop].reshape(-1, parameters.shape[-1]), size)
-            for index, sample in enumerate(views):
-                sample[name] = crops[index * (stop - first):(index + 1) * (stop - first)]
+            passes = -(-len(images) * (stop - first) * size * size // PASS_PIXELS)  # ceiling divisions
+            step = -(-len(images) // passes)
+            for part in (slice(start, start + step) for start in range(0, len(images), step)):
+                crops = self._views(columns[part], boxes[part, first:stop].reshape(-1, 4),
+                                    parameters[part, first:stop].reshape(-1, parameters.shape[-1]), size)
+                for index, sample in enumerate(views[part]):
+                    sample[name] = crops[index * (stop - first):(index + 1) * (stop - first)]
         return views
 
     def _views(self, columns: np.ndarray, boxes: np.ndarray, parameters: np.ndarray, size: int) -> list[np.ndarray]:
@@ -130,18 +137,18 @@ def crop_order(jitter: np.ndarray, blurred: np.ndarray, noisy: np.ndarray) -> np
 
 def runs(flags: np.ndarray) -> list[slice]:
     """The runs of consecutive true ``flags`` as slices."""
-    edges = np.diff(flags.astype(np.int8), prepend=0, append=0).nonzero()[0]
+    padded = np.zeros(len(flags) + 2, dtype=bool)
+    padded[1:-1] = flags
+    edges = (padded[1:] != padded[:-1]).nonzero()[0].tolist()
     return [slice(start, stop) for start, stop in zip(edges[::2], edges[1::2])]
 
 
-def foreground_integral(images: np.ndarray) -> np.ndarray:
-    """Summed-area tables of ``images != 0`` (``[B, H, W]``), shape ``[B, H + 1, W + 1]``, so any box count
-    costs O(1)."""
-    count, height, width = images.shape
+def foreground_integral(columns: np.ndarray) -> np.ndarray:
+    """Summed-area tables ``[B, H + 1, W + 1]`` of ``images != 0``, from their transposes ``columns [B, W, H]``
+    (NumPy's cumsum is several times faster along contiguous memory), so any box count costs O(1)."""
+    count, width, height = columns.shape
     counts = np.zeros((count, height + 1, width + 1), dtype=np.int32)
-    # NumPy's cumsum is several times faster along contiguous memory: sum down the columns of the transposes.
-    counts[:, 1:, 1:] = np.cumsum(np.ascontiguousarray((images != 0).transpose(0, 2, 1)), axis=2,
-                                  dtype=np.int32).transpose(0, 2, 1)
+    counts[:, 1:, 1:] = np.cumsum(columns != 0, axis=2, dtype=np.int32).transpose(0, 2, 1)
     np.cumsum(counts[:, 1:, 1:], axis=2, out=counts[:, 1:, 1:])
     return counts
 

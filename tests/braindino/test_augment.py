@@ -138,7 +138,7 @@ def test_intensity_operations_leave_the_background_at_zero(slices):
 
 
 def test_crop_boxes_are_drawn_alike_by_both_forms(slices):
-    counts = cpu_ops.foreground_integral(slices[6:7])
+    counts = cpu_ops.foreground_integral(slices[6:7].transpose(0, 2, 1).copy())
     draws = np.random.default_rng(0).random((1, 4, 4000, 10))
     cpu_boxes = cpu_ops.sample_crop_boxes(counts, draws, (0.05, 0.32), (0.75, 4 / 3), 0.25)[0]
     generator = torch.Generator().manual_seed(0)
