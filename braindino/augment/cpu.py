@@ -1,8 +1,8 @@
 """Per-sample multi-crop augmentation in NumPy, for data-loader workers.
 
-All crops of one size live in one stacked array and every operation runs over the stack (or the rows it
-applies to) in a few in-place float32 passes, so a sample costs one short chain of vectorised calls per
-crop size rather than a Python pipeline per crop. Where torch's single-threaded CPU kernels beat NumPy's
+All crops of one size live in one stacked array, in an order where the crops that an operation applies to
+form one or two runs of rows, and every operation runs over those rows in a few in-place float32 passes,
+so a sample costs one short chain of vectorised calls per crop size rather than a Python pipeline per crop. Where torch's single-threaded CPU kernels beat NumPy's
 (``log``/``exp``, the fused bilinear ``lerp``) they run on the same memory through ``torch.from_numpy``.
 Interpolation is bilinear without antialiasing (the same sampling as ``grid_sample`` in the batched
 form), borders are clamped. Noise is read from a pool of standard normals (``noise.NormalPool``).
@@ -25,7 +25,7 @@ OPERATOR_BLUR_MAX_SIZE = 64
 # pixels a pass (larger stacks outgrow the caches).
 PASS_PIXELS = 1 << 19
 
-# Columns of the per-crop parameters (``draw_crop_parameters``): uniform draws mapped to their ranges.
+# Columns of the per-crop parameters (``draw_slice_randoms``): uniform draws mapped to their ranges.
 FLIP, JITTER, CONTRAST, BRIGHTNESS, GAMMA, BIAS, BLUR, BLUR_SIGMA, NOISE, NOISE_SIGMA, NOISE_WINDOW = range(11)
 BIAS_COEFFICIENTS = slice(11, 11 + len(BIAS_FIELD_TERMS))
 
