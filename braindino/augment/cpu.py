@@ -21,9 +21,12 @@ from braindino.augment.noise import NormalPool
 
 # Crops up to this size are blurred by matrix products, larger ones by shifted adds (measured crossover).
 OPERATOR_BLUR_MAX_SIZE = 64
-# Crops of one size are processed in equal passes over the crops of whole slices, at most about this many
-# pixels a pass (larger stacks outgrow the caches).
-PASS_PIXELS = 1 << 19
+# Larger crops are blurred in two calls, kernels up to this radius and wider ones, so that a narrow kernel
+# does not pay for the widest taps of its stack (measured: 3 beats 2, 4 and one call per radius).
+NARROW_BLUR_RADIUS = 3
+# ``many`` works on groups of at most this many slices: larger stacks outgrow the caches (measured: a group
+# of 32 in one piece ran at 0.77x the speed of groups of 8).
+GROUP_SLICES = 8
 
 # Columns of the per-crop parameters (``draw_slice_randoms``): uniform draws mapped to their ranges.
 FLIP, JITTER, CONTRAST, BRIGHTNESS, GAMMA, BIAS, BLUR, BLUR_SIGMA, NOISE, NOISE_SIGMA, NOISE_WINDOW = range(11)
@@ -49,12 +52,15 @@ class MultiCropAugment:
 
     def many(self, slices: Sequence[np.ndarray]) -> list[dict[str, list[np.ndarray]]]:
         """The views of each of ``slices`` (one ``[H, W]`` shape), as ``[self(s) for s in slices]`` would give
-        them: every crop keeps its own random parameters. Each operation runs over the crops of several
-        slices at once (``PASS_PIXELS`` a pass), so a data pipeline that hands over a batch pays the per-call
-        costs once per pass rather than once per slice."""
+        them: every crop keeps its own random parameters. Each operation runs once over the crops of a group of
+        up to ``GROUP_SLICES`` slices, so a data pipeline that hands over a batch pays the per-call costs
+        once per group rather than once per slice."""
         shapes = {np.shape(s) for s in slices}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise ValueError(f"MultiCropAugment expects [H, W] slices of one shape, got shapes {sorted(shapes)}")
+        if len(slices) > GROUP_SLICES:  # same random stream, same views: groups only bound the working set
+            return [views for start in range(0, len(slices), GROUP_SLICES)
+                    for views in self.many(slices[start:start + GROUP_SLICES])]
         images = np.ascontiguousarray(np.stack(slices), dtype=np.float32)
         cfg = self.config
         (n_global, global_size, global_scale), (n_local, local_size, local_scale) = cfg.views()
@@ -68,13 +74,10 @@ class MultiCropAugment:
         for name, first, stop, size in (("global", 0, n_global, global_size), ("local", n_global, per_slice, local_size)):
             if stop == first:
                 continue
-            passes = -(-len(images) * (stop - first) * size * size // PASS_PIXELS)  # ceiling divisions
-            step = -(-len(images) // passes)
-            for part in (slice(start, start + step) for start in range(0, len(images), step)):
-                crops = self._views(columns[part], boxes[part, first:stop].reshape(-1, 4),
-                                    parameters[part, first:stop].reshape(-1, parameters.shape[-1]), size)
-                for index, sample in enumerate(views[part]):
-                    sample[name] = crops[index * (stop - first):(index + 1) * (stop - first)]
+            crops = self._views(columns, boxes[:, first:stop].reshape(-1, 4),
+                                parameters[:, first:stop].reshape(-1, parameters.shape[-1]), size)
+            for index, sample in enumerate(views):
+                sample[name] = crops[index * (stop - first):(index + 1) * (stop - first)]
         return views
 
     def _views(self, columns: np.ndarray, boxes: np.ndarray, parameters: np.ndarray, size: int) -> list[np.ndarray]:
@@ -259,23 +262,45 @@ def _bias_factors(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def gaussian_blur(crops: np.ndarray, sigma: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``scipy.ndimage.gaussian_filter`` (edges replicated, kernels cut at ``BLUR_TRUNCATE`` sigmas) of each
-    crop of a ``[N, S, S]`` stack with its own sigma, into ``out`` (which may be ``crops``). Small crops go through one batched product with blur
-    operators (``operator @ crop @ operator.T``); larger ones, where the products' O(S^3) would dominate,
-    through separable passes over the edge-padded stack."""
-    radius = np.floor(BLUR_TRUNCATE * sigma + 0.5)
-    reach = int(radius.max())
-    offsets = np.arange(-reach, reach + 1)
-    kernel = np.exp(-0.5 * (offsets / sigma[:, None]) ** 2) * (np.abs(offsets) <= radius[:, None])
-    kernel = (kernel / kernel.sum(axis=1, keepdims=True)).astype(np.float32)
-    count, size = crops.shape[0], crops.shape[-1]
+    crop of a ``[N, S, S]`` stack with its own sigma, into ``out`` (which may be ``crops``). Small crops go
+    through one batched product with blur operators (``operator @ crop @ operator.T``); larger ones, where
+    the products' O(S^3) would dominate, through separable passes over the edge-padded crops, one call per
+    kernel radius (so a crop pays for its own taps, not for the widest kernel of the stack)."""
+    radius = np.floor(BLUR_TRUNCATE * sigma + 0.5).astype(np.intp)
+    size = crops.shape[-1]
     if size <= OPERATOR_BLUR_MAX_SIZE:
-        operators = blur_operators(kernel, size)
+        operators = blur_operators(gaussian_kernels(sigma, radius, int(radius.max())), size)
         return np.matmul(operators @ crops, operators.transpose(0, 2, 1), out=out)
     if out is None:
         out = np.empty_like(crops)
+    narrow = radius <= NARROW_BLUR_RADIUS
+    for rows in (narrow.nonzero()[0], (~narrow).nonzero()[0]):
+        if rows.size == 0:
+            continue
+        reach = int(radius[rows].max())
+        whole = rows.size == len(crops)
+        part = crops if whole else crops[rows]
+        blurred = separable_blur(part, gaussian_kernels(sigma[rows], radius[rows], reach), reach)
+        if whole:
+            np.copyto(out, blurred)
+        else:
+            out[rows] = blurred
+    return out
+
+
+def gaussian_kernels(sigma: np.ndarray, radius: np.ndarray, reach: int) -> np.ndarray:
+    """``[N, 2 * reach + 1]`` normalised Gaussian taps, zero beyond each kernel's own ``radius``."""
+    offsets = np.arange(-reach, reach + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma[:, None]) ** 2) * (np.abs(offsets) <= radius[:, None])
+    return (kernel / kernel.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def separable_blur(crops: np.ndarray, kernel: np.ndarray, reach: int) -> np.ndarray:
+    """Correlate every row and column of each crop of ``crops [N, S, S]`` with its ``kernel [N, 2 * reach + 1]``,
+    edges replicated; returns a view of a fresh array."""
     if reach == 0:
-        np.copyto(out, crops)
-        return out
+        return crops
+    count, size = crops.shape[0], crops.shape[-1]
     width = size + 2 * reach
     padded = np.empty((count, width, width), dtype=np.float32)
     padded[:, reach:-reach, reach:-reach] = crops
@@ -293,8 +318,7 @@ def gaussian_blur(crops: np.ndarray, sigma: np.ndarray, out: np.ndarray | None =
     columns = np.einsum("nt,ntl->nl", kernel, taps)
     blurred = np.empty((count, size, width), dtype=np.float32)  # row y from column `reach` of padded row y
     _shifted_sum(columns, kernel[:, reach:, None], blurred.reshape(count, -1)[:, :-2 * reach])
-    np.copyto(out, blurred[:, :, :size])
-    return out
+    return blurred[:, :, :size]
 
 
 def _shifted_sum(flat: np.ndarray, weights: np.ndarray, out: np.ndarray) -> np.ndarray:
