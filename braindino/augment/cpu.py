@@ -2,8 +2,9 @@
 
 All crops of one size live in one stacked array, in an order where the crops that an operation applies to
 form one or two runs of rows, and every operation runs over those rows in a few in-place float32 passes,
-so a sample costs one short chain of vectorised calls per crop size rather than a Python pipeline per crop. Where torch's single-threaded CPU kernels beat NumPy's
-(``log``/``exp``, the fused bilinear ``lerp``) they run on the same memory through ``torch.from_numpy``.
+so a sample costs one short chain of vectorised calls per crop size rather than a Python pipeline per
+crop. Where torch's single-threaded CPU kernels beat NumPy's (``log``/``exp``, the fused bilinear
+``lerp``) they run on the same memory through ``torch.from_numpy``.
 Interpolation is bilinear without antialiasing (the same sampling as ``grid_sample`` in the batched
 form), borders are clamped. Noise is read from a pool of standard normals (``noise.NormalPool``).
 """
