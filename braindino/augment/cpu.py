@@ -265,8 +265,8 @@ def gaussian_blur(crops: np.ndarray, sigma: np.ndarray, out: np.ndarray | None =
     """``scipy.ndimage.gaussian_filter`` (edges replicated, kernels cut at ``BLUR_TRUNCATE`` sigmas) of each
     crop of a ``[N, S, S]`` stack with its own sigma, into ``out`` (which may be ``crops``). Small crops go
     through one batched product with blur operators (``operator @ crop @ operator.T``); larger ones, where
-    the products' O(S^3) would dominate, through separable passes over the edge-padded crops, one call per
-    kernel radius (so a crop pays for its own taps, not for the widest kernel of the stack)."""
+    the products' O(S^3) would dominate, through separable passes over the edge-padded crops in two calls,
+    kernels up to ``NARROW_BLUR_RADIUS`` and wider ones (so a narrow kernel skips the widest taps)."""
     radius = np.floor(BLUR_TRUNCATE * sigma + 0.5).astype(np.intp)
     size = crops.shape[-1]
     if size <= OPERATOR_BLUR_MAX_SIZE:
@@ -276,16 +276,12 @@ def gaussian_blur(crops: np.ndarray, sigma: np.ndarray, out: np.ndarray | None =
         out = np.empty_like(crops)
     narrow = radius <= NARROW_BLUR_RADIUS
     for rows in (narrow.nonzero()[0], (~narrow).nonzero()[0]):
-        if rows.size == 0:
+        if rows.size == len(crops):  # one class only: no gather, no scatter
+            rows = slice(None)
+        elif rows.size == 0:
             continue
         reach = int(radius[rows].max())
-        whole = rows.size == len(crops)
-        part = crops if whole else crops[rows]
-        blurred = separable_blur(part, gaussian_kernels(sigma[rows], radius[rows], reach), reach)
-        if whole:
-            np.copyto(out, blurred)
-        else:
-            out[rows] = blurred
+        out[rows] = separable_blur(crops[rows], gaussian_kernels(sigma[rows], radius[rows], reach), reach)
     return out
 
 
