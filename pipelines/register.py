@@ -45,7 +45,7 @@ def export_encoder(checkpoint_dir: str | Path, config, out: Path, preprocess: Pr
     from pipelines.train.checkpoint import load_backbone_weights
 
     out.mkdir(parents=True, exist_ok=True)
-    backbone = VisionTransformer(config.model.vit())
+    backbone = VisionTransformer(config.model.vit)
     backbone.load_state_dict(load_backbone_weights(checkpoint_dir, "teacher"), strict=True)
     Encoder(backbone).save(out / "encoder.safetensors")
     (out / "preprocess.json").write_text(preprocess.to_json() + "\n")
@@ -63,7 +63,7 @@ def manifest_preprocess(index: ShardIndex) -> PreprocessSpec:
 
 def model_card(config, run, index: ShardIndex, checkpoint: str) -> str:
     """Markdown model card: architecture, data, training, probe scores, intended use."""
-    vit = config.model.vit()
+    vit = config.model.vit
     params = run.data.params
     metrics = run.data.metrics
     index_summary = json.loads(run.data.tags.get("data.summary", "{}"))

@@ -72,7 +72,7 @@ def slices(n: int = 256, size: int = 256) -> np.ndarray:
 
 def config_for(size: str, stage: str = "stage1", augment_on: str = "worker", overrides: list[str] = ()) -> PretrainConfig:
     return load_config(PretrainConfig, REPO / "configs/pretrain/base-gpu.yaml",
-                       [f"model.size={size}", f"data.augment_on={augment_on}", "workers.num_workers=1",
+                       [f"model.vit.size={size}", f"data.augment_on={augment_on}", "workers.num_workers=1",
                         "parallel.compile=false", *overrides, *SMOKE])
 
 
@@ -105,7 +105,7 @@ def cpu_batches(config: PretrainConfig, stage: str, data: np.ndarray, workers: i
                 self.augment = MultiCropAugment(spec.crops, seed=os.getpid())
             return self.augment(data[i % len(data)])
 
-    grid = (spec.crops.global_size // 16,) * 2
+    grid = (spec.crops.global_size // config.model.vit.patch_size,) * 2
     masks = BlockMaskGenerator(grid, *spec.masks.ratio, masked_fraction=spec.masks.probability)
     loader = torch.utils.data.DataLoader(Views(), batch_size=spec.batch_size_per_worker, num_workers=workers,
                                          collate_fn=lambda s: collate_multicrop(s, masks), pin_memory=True,
@@ -141,20 +141,20 @@ def flops_per_sample(config: PretrainConfig, stage: str = "stage1", batch: int =
     from torch.utils.flop_counter import FlopCounterMode
 
     from braindino.augment import BatchedMultiCrop, batch_from_views
-    from pipelines.train.loop import build_model
+    from braindino.ssl import SelfDistillation
 
     spec = config.stage(stage)
-    model = build_model(config, stage).to(DEVICE)
+    model = SelfDistillation(config.model).to(DEVICE)
     images = torch.from_numpy(slices(batch)).to(DEVICE).unsqueeze(1)
     global_crops, local_crops = BatchedMultiCrop(spec.crops)(images)
-    grid = (spec.crops.global_size // 16,) * 2
+    grid = (spec.crops.global_size // config.model.vit.patch_size,) * 2
     masks = BlockMaskGenerator(grid, *spec.masks.ratio, masked_fraction=spec.masks.probability)
     crops = batch_from_views(global_crops, local_crops, spec.crops.n_global, spec.crops.n_local, masks)
     with torch.autocast(DEVICE, dtype=torch.bfloat16), FlopCounterMode(display=False) as counter:
         loss, _ = model(crops, teacher_temp=0.04)
         loss.backward()
     total = counter.get_total_flops()
-    vit = config.model.vit()
+    vit = config.model.vit
     del model
     empty_cache()
     return {"flops_per_sample": total / batch, "counted_batch": batch, "vit": vit.size}
@@ -193,8 +193,8 @@ def sanity(out: dict) -> None:
 
     StageTrainer.report = staticmethod(lambda metrics, directory: None)
 
-    config = config_for("small", overrides=["stage1.batch_size_per_worker=16", "model.n_prototypes=4096",
-                                           "model.ibot_prototypes=4096"])
+    config = config_for("small", overrides=["stage1.batch_size_per_worker=16", "model.dino_head.n_prototypes=4096",
+                                           "model.ibot_head.n_prototypes=4096"])
     trainer = trainer_for(config)
     param = next(trainer.model.student.parameters())
     out["backend"] = dist.get_backend()
@@ -290,8 +290,10 @@ def main() -> None:
     global DEVICE
     if args.smoke:
         DEVICE = "cpu"
-        SMOKE.extend(["model.size=micro", "model.n_prototypes=256", "model.ibot_prototypes=256",
-                      "model.head_hidden_dim=128", "model.head_bottleneck_dim=64", "stage1.batch_size_per_worker=4",
+        SMOKE.extend(["model.vit.size=micro", *(f"model.{head}.{key}={value}" for head in ("dino_head", "ibot_head")
+                                                for key, value in (("n_prototypes", 256), ("hidden_dim", 128),
+                                                                   ("bottleneck_dim", 64))),
+                      "stage1.batch_size_per_worker=4",
                       "stage2.batch_size_per_worker=2", "stage1.crops.global_size=64", "stage1.crops.local_size=32",
                       "stage2.crops.global_size=96", "stage2.crops.local_size=48"])
         dist.init_process_group("gloo")

@@ -1,7 +1,7 @@
 """Self-distillation objective: losses, Sinkhorn-Knopp, EMA teacher, schedules, health signals."""
 
 from braindino.ssl.dino_loss import dino_loss
-from braindino.ssl.gram import gram_loss, resize_token_grid
+from braindino.ssl.gram import GramConfig, gram_loss, resize_token_grid
 from braindino.ssl.ibot_loss import ibot_loss
 from braindino.ssl.koleo import koleo_loss
 from braindino.ssl.schedules import LinearWarmup, ScheduleConfig, TrainingSchedules, WarmupCosine
@@ -11,6 +11,7 @@ from braindino.ssl.teacher import ema_update
 
 __all__ = [
     "DistillationNetwork",
+    "GramConfig",
     "LinearWarmup",
     "ScheduleConfig",
     "SelfDistillation",

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class GramConfig:
+    """Gram anchoring for one stage: the loss weight (0: off) and the Gram teacher's input scale."""
+
+    weight: float = 0.0
+    input_scale: float = 1.0  # >1 feeds the Gram teacher upsampled crops (sharper patch similarities)
 
 
 def resize_token_grid(tokens: Tensor, grid: tuple[int, int], target: tuple[int, int], mode: str = "bicubic") -> Tensor:

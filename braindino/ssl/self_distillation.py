@@ -1,7 +1,7 @@
 """Stage-1/2 objective: a student and an EMA teacher with identical structure, and the combined loss.
 
 ``SelfDistillation.forward(batch, teacher_temp)`` returns ``(total_loss, metrics)`` with
-``total = dino + ibot + koleo_weight * koleo [+ gram_weight * gram]``. The training loop (optimiser,
+``total = dino + ibot + koleo_weight * koleo [+ gram.weight * gram]``. The training loop (optimiser,
 schedules, EMA step, FSDP) lives in ``pipelines/``; ``student`` and ``teacher`` are separate modules
 of the same structure so they can be sharded identically.
 """
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from braindino.models.heads import HeadConfig, ProjectionHead
 from braindino.models.vit import ViTConfig, VisionTransformer
 from braindino.ssl.dino_loss import dino_loss
-from braindino.ssl.gram import gram_loss
+from braindino.ssl.gram import GramConfig, gram_loss
 from braindino.ssl.health import health_metrics
 from braindino.ssl.ibot_loss import ibot_loss
 from braindino.ssl.koleo import koleo_loss
@@ -38,8 +38,6 @@ class SelfDistillationConfig:
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
     koleo_weight: float = 0.1
-    gram_weight: float = 1.0
-    gram_input_scale: float = 1.0
 
 
 class DistillationNetwork(nn.Module):
@@ -66,11 +64,12 @@ class SelfDistillation(nn.Module):
         self.student = DistillationNetwork(config)
         self.teacher = _frozen(copy.deepcopy(self.student))
         self.gram_teacher: VisionTransformer | None = None
+        self.gram: GramConfig | None = None  # set with the Gram teacher
         self.sinkhorn = SinkhornKnopp(config.sinkhorn_iterations)
 
-    def set_gram_teacher(self, backbone: VisionTransformer) -> None:
+    def set_gram_teacher(self, backbone: VisionTransformer, gram: GramConfig) -> None:
         """Stage 2: anchor the student's patch Gram matrices to this frozen backbone (e.g. a stage-1 teacher copy)."""
-        self.gram_teacher = _frozen(backbone)
+        self.gram_teacher, self.gram = _frozen(backbone), gram
 
     def train(self, mode: bool = True) -> "SelfDistillation":
         """Only the student changes mode; the teachers always run in eval (no drop path)."""
@@ -92,9 +91,9 @@ class SelfDistillation(nn.Module):
     @torch.no_grad()
     def _gram_targets(self, global_crops: Tensor) -> tuple[Tensor, tuple[int, int]]:
         crops = global_crops
-        if self.config.gram_input_scale != 1.0:
+        if self.gram.input_scale != 1.0:
             patch = self.gram_teacher.config.patch_size
-            size = [round(s * self.config.gram_input_scale / patch) * patch for s in global_crops.shape[-2:]]
+            size = [round(s * self.gram.input_scale / patch) * patch for s in global_crops.shape[-2:]]
             crops = F.interpolate(global_crops, size=size, mode="bilinear", align_corners=False)
         out = self.gram_teacher(crops)
         return out.patches, out.grid
@@ -127,7 +126,7 @@ class SelfDistillation(nn.Module):
         if self.gram_teacher is not None:
             gram_patches, gram_grid = self._gram_targets(batch.global_crops)
             losses["gram"] = gram_loss(global_out.patches, gram_patches, global_out.grid, gram_grid)
-            weights["gram"] = self.config.gram_weight
+            weights["gram"] = self.gram.weight
         total = sum(weights[name] * value for name, value in losses.items())
 
         metrics = {f"loss_{name}": value.detach() for name, value in losses.items()}

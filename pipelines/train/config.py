@@ -11,50 +11,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from braindino.augment.config import MultiCropConfig
-from braindino.models.heads import HeadConfig
 from braindino.models.vit import ViTConfig
 from braindino.optim import OptimConfig
+from braindino.ssl.gram import GramConfig
 from braindino.ssl.schedules import ScheduleConfig
 from braindino.ssl.self_distillation import SelfDistillationConfig
 from ingest.storage import ObjectStoreConfig
 from pipelines.tracking import TrackingConfig
-
-
-@dataclass
-class ModelConfig:
-    """Backbone size and heads; ``size`` picks a preset of ``braindino.models.vit.SIZE_PRESETS``."""
-
-    size: str = "base"
-    patch_size: int = 16
-    num_registers: int = 4
-    drop_path_rate: float = 0.1
-    layerscale_init: float = 1e-5
-    n_prototypes: int = 65536
-    ibot_prototypes: int = 65536
-    head_hidden_dim: int = 2048
-    head_bottleneck_dim: int = 256
-    head_layers: int = 3
-    student_temp: float = 0.1
-    sinkhorn_iterations: int = 3
-    dino_weight: float = 1.0
-    ibot_weight: float = 1.0
-    koleo_weight: float = 0.1
-
-    def vit(self) -> ViTConfig:
-        return ViTConfig(size=self.size, patch_size=self.patch_size, num_registers=self.num_registers,
-                         drop_path_rate=self.drop_path_rate, layerscale_init=self.layerscale_init)
-
-    def distillation(self, gram_weight: float = 0.0, gram_input_scale: float = 1.0) -> SelfDistillationConfig:
-        def head(k: int) -> HeadConfig:
-            return HeadConfig(n_prototypes=k, hidden_dim=self.head_hidden_dim,
-                              bottleneck_dim=self.head_bottleneck_dim, n_layers=self.head_layers)
-
-        return SelfDistillationConfig(
-            vit=self.vit(), dino_head=head(self.n_prototypes), ibot_head=head(self.ibot_prototypes),
-            student_temp=self.student_temp, sinkhorn_iterations=self.sinkhorn_iterations,
-            dino_weight=self.dino_weight, ibot_weight=self.ibot_weight, koleo_weight=self.koleo_weight,
-            gram_weight=gram_weight, gram_input_scale=gram_input_scale,
-        )
 
 
 @dataclass
@@ -67,14 +30,13 @@ class MaskConfig:
 
 @dataclass
 class StageConfig:
-    """One training stage. Stage 2 sets ``gram_weight > 0`` and starts from the stage-1 checkpoint."""
+    """One training stage. Stage 2 sets ``gram.weight > 0`` and starts from the stage-1 checkpoint."""
 
     iterations: int = 0
     batch_size_per_worker: int = 32
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
     masks: MaskConfig = field(default_factory=MaskConfig)
-    gram_weight: float = 0.0
-    gram_input_scale: float = 1.0
+    gram: GramConfig = field(default_factory=GramConfig)
 
 
 def _stage2_crops() -> MultiCropConfig:
@@ -154,11 +116,11 @@ class FaultConfig:
 class PretrainConfig:
     name: str = "braindino-pretrain"
     seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: SelfDistillationConfig = field(default_factory=lambda: SelfDistillationConfig(vit=ViTConfig(drop_path_rate=0.1)))
     data: DataConfig = field(default_factory=DataConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(iterations=125000))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(iterations=10000, batch_size_per_worker=16,
-                                                                    crops=_stage2_crops(), gram_weight=1.0))
+                                                                    crops=_stage2_crops(), gram=GramConfig(weight=1.0)))
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedules: ScheduleConfig = field(default_factory=ScheduleConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -172,8 +134,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.stage1.iterations <= 0:
             raise ValueError("stage1.iterations must be positive")
-        if self.stage2.iterations > 0 and self.stage2.gram_weight <= 0:
-            raise ValueError("stage2 anchors to the stage-1 teacher: set stage2.gram_weight > 0 (or iterations: 0)")
+        if self.stage2.iterations > 0 and self.stage2.gram.weight <= 0:
+            raise ValueError("stage2 anchors to the stage-1 teacher: set stage2.gram.weight > 0 (or iterations: 0)")
 
     def stage(self, name: str) -> StageConfig:
         if name not in ("stage1", "stage2"):

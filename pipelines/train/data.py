@@ -124,7 +124,7 @@ class BatchMaker:
     """Turn a raw batch from the stream into a ``MultiCropBatch`` on ``device`` (augmenting if needed)."""
 
     def __init__(self, config: PretrainConfig, stage: StageConfig, device: torch.device, seed: int):
-        crops, patch = stage.crops, config.model.patch_size
+        crops, patch = stage.crops, config.model.vit.patch_size
         self.crops = crops
         self.augment_here = config.data.augment_on == "worker"
         self.augment = BatchedMultiCrop(crops)

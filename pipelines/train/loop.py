@@ -47,11 +47,6 @@ class StagePlan:
     init_from: object | None = None  # ray.train.Checkpoint of the previous stage (stage 2)
 
 
-def build_model(config: PretrainConfig, stage: str) -> SelfDistillation:
-    spec = config.stage(stage)
-    return SelfDistillation(config.model.distillation(spec.gram_weight, spec.gram_input_scale))
-
-
 def _all_finite(value: torch.Tensor) -> bool:
     flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
     if dist.is_initialized():
@@ -109,12 +104,12 @@ class StageTrainer:
         self.spec = plan.config.stage(plan.stage)
         torch.manual_seed(self.config.seed + rank)
         np.random.seed(self.config.seed + rank)
-        self.model = build_model(self.config, plan.stage)
-        if plan.init_from is not None and self.spec.gram_weight > 0:
+        self.model = SelfDistillation(self.config.model)
+        if plan.init_from is not None and self.spec.gram.weight > 0:
             with plan.init_from.as_directory() as directory:
-                gram = VisionTransformer(self.config.model.vit())
+                gram = VisionTransformer(self.config.model.vit)
                 gram.load_state_dict(load_backbone_weights(directory, "teacher"))
-            self.model.set_gram_teacher(gram)
+            self.model.set_gram_teacher(gram, self.spec.gram)
         self.model.to(device)
         mesh = world_mesh(device.type)
         parallel = self.config.parallel
@@ -135,9 +130,9 @@ class StageTrainer:
         self.collapse_grace = round(self.config.eval.collapse_grace_epochs * self.config.data.iterations_per_epoch)
         self.freeze_steps = round(self.config.optim.freeze_prototypes_epochs * self.config.data.iterations_per_epoch)
         self.logger = RunLogger(plan.tracking_uri, plan.run_id, enabled=rank == 0)
-        self.threshold = collapse_threshold(self.config.model.vit().embed_dim, self.config.eval.collapse_fraction)
+        self.threshold = collapse_threshold(self.config.model.vit.embed_dim, self.config.eval.collapse_fraction)
         crops = self.spec.crops
-        patch = self.config.model.patch_size
+        patch = self.config.model.vit.patch_size
         self.tokens_per_image = (crops.n_global * (crops.global_size // patch) ** 2
                                  + crops.n_local * (crops.local_size // patch) ** 2)
 

@@ -7,7 +7,7 @@ import torch
 
 from braindino.config import load_config
 from braindino.models import HeadConfig, ViTConfig
-from braindino.ssl import SelfDistillation, SelfDistillationConfig
+from braindino.ssl import GramConfig, SelfDistillation, SelfDistillationConfig
 
 
 def tiny_config(**overrides) -> SelfDistillationConfig:
@@ -76,14 +76,16 @@ def test_batches_without_local_crops_or_masks_work(model, make_batch):
 
 def test_gram_anchoring_adds_a_term_with_a_frozen_teacher_on_larger_inputs(make_batch):
     torch.manual_seed(0)
-    model = SelfDistillation(tiny_config(gram_input_scale=2.0)).train()
-    model.set_gram_teacher(copy.deepcopy(model.teacher.backbone))
+    model = SelfDistillation(tiny_config()).train()
+    model.set_gram_teacher(copy.deepcopy(model.teacher.backbone), GramConfig(weight=0.5, input_scale=2.0))
     grids = []
     model.gram_teacher.register_forward_hook(lambda m, args, out: grids.append(out.grid))
     loss, metrics = model(make_batch(global_size=32), teacher_temp=0.04)
     loss.backward()
     assert grids == [(4, 4)]
-    assert metrics["loss_gram"].item() >= 0.0
+    assert metrics["loss_gram"].item() > 0.0
+    others = metrics["loss_dino"] + metrics["loss_ibot"] + model.config.koleo_weight * metrics["loss_koleo"]
+    assert torch.allclose(metrics["loss_total"], others + 0.5 * metrics["loss_gram"])
     assert all(p.grad is None for p in model.gram_teacher.parameters())
     assert not model.gram_teacher.training
 

@@ -15,13 +15,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from braindino.ssl import SelfDistillation
-from pipelines.train.config import ModelConfig, ParallelConfig
+from braindino.models.heads import HeadConfig
+from braindino.models.vit import ViTConfig
+from braindino.ssl import SelfDistillation, SelfDistillationConfig
+from pipelines.train.config import ParallelConfig
 
 pytestmark = pytest.mark.timeout(240)
 
-MODEL = ModelConfig(size="micro", n_prototypes=64, ibot_prototypes=64, head_hidden_dim=64, head_bottleneck_dim=32,
-                    drop_path_rate=0.0)
+HEAD = HeadConfig(n_prototypes=64, hidden_dim=64, bottleneck_dim=32)
+MODEL = SelfDistillationConfig(vit=ViTConfig(size="micro"), dino_head=HEAD, ibot_head=HEAD)
 
 
 @dataclass
@@ -41,7 +43,7 @@ def _batch(seed: int) -> Batch:
 
 def _model() -> SelfDistillation:
     torch.manual_seed(0)
-    model = SelfDistillation(MODEL.distillation())
+    model = SelfDistillation(MODEL)
     with torch.no_grad():  # a student that differs from the teacher, so the EMA has something to do
         for p in model.student.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -108,7 +110,7 @@ def _load_worker(rank: int, world: int, port: int, directory: str, out: str) -> 
 
     _init(rank, world, port)
     torch.manual_seed(123)
-    model = _sharded(SelfDistillation(MODEL.distillation()))
+    model = _sharded(SelfDistillation(MODEL))
     optimizer = build_optimizer(model.student, OptimConfig())
     state = load_checkpoint(directory, model, optimizer)
     adam_steps = {float(s["step"]) for s in optimizer.state_dict()["state"].values()}

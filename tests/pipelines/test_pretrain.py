@@ -44,7 +44,7 @@ def test_run_logs_config_provenance_metrics_and_artifacts(trained):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["stage1.iterations"] == str(STAGE1)
-    assert run.data.params["model.size"] == "micro"
+    assert run.data.params["model.vit.size"] == "micro"
     tags = run.data.tags
     assert len(tags["data.manifest_digest"]) == 64 and tags["data.manifest_version"] == "1"
     assert tags["git.commit"] and tags["version.torch"].startswith("2.13")
@@ -80,7 +80,7 @@ def test_loss_falls_and_features_do_not_collapse(trained):
     losses = [v for s, v in _history(trained, "loss_total") if s < STAGE1]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2
     grace = round(config.eval.collapse_grace_epochs * config.data.iterations_per_epoch)
-    threshold = config.eval.collapse_fraction / np.sqrt(config.model.vit().embed_dim)
+    threshold = config.eval.collapse_fraction / np.sqrt(config.model.vit.embed_dim)
     stds = [v for s, v in _history(trained, "student_feature_std") if s >= grace]
     assert stds and min(stds) > threshold
     assert all(v == 0.0 for _, v in _history(trained, "collapse_warning"))
@@ -105,7 +105,7 @@ def test_registered_encoder_reproduces_the_teacher_features(trained):
     weights = next(files.rglob("encoder.safetensors"))
     assert json.loads(next(files.rglob("preprocess.json")).read_text())["slice_size"] == 96
     encoder = Encoder.from_checkpoint(weights)
-    teacher = VisionTransformer(config.model.vit()).eval()
+    teacher = VisionTransformer(config.model.vit).eval()
     teacher.load_state_dict(load_backbone_weights(result.checkpoints["stage2"], "teacher"))
     slices = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -15,12 +15,12 @@ from mlflow.tracking import MlflowClient
 from braindino.config import load_config
 from braindino.features import Encoder
 from braindino.models.vit import VisionTransformer
+from braindino.ssl import SelfDistillation
 from braindino.volumes import PreprocessSpec
 from pipelines.register import export_encoder, main as register_main, register_run
 from pipelines.train.checkpoint import TrainState, save_checkpoint
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import ShardIndex
-from pipelines.train.loop import build_model
 
 pytestmark = pytest.mark.timeout(300)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
@@ -36,7 +36,7 @@ def checkpoint(tmp_path):
     try:
         config = load_config(PretrainConfig, TINY)
         torch.manual_seed(0)
-        model = build_model(config, "stage1")
+        model = SelfDistillation(config.model)
         with torch.no_grad():
             for p in model.teacher.parameters():
                 p.add_(0.05 * torch.randn_like(p))
@@ -83,7 +83,7 @@ def test_register_sets_candidate_with_a_model_card_and_promote_sets_champion(che
     assert str(client.get_model_version_by_alias("braindino-encoder", "champion").version) == version
     served = mlflow.pyfunc.load_model("models:/braindino-encoder@champion")
     slices = torch.randn(2, 1, 32, 32)
-    backbone = VisionTransformer(config.model.vit()).eval()
+    backbone = VisionTransformer(config.model.vit).eval()
     backbone.load_state_dict(teacher)
     with torch.no_grad():
         assert torch.equal(torch.from_numpy(served.predict(slices.numpy())), backbone(slices).cls)
