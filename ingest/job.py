@@ -124,15 +124,9 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     store = ManifestStore(settings.output, settings.storage)
     previous = store.latest()
-    preprocess = json.loads(settings.preprocess.to_json())
-    made_with = previous_preprocess(previous, settings)
-    if made_with not in (None, preprocess):
-        raise ValueError(
-            f"{settings.output} holds slices made with preprocess {made_with} (manifest v{previous.version}); "
-            f"this run asks for {preprocess}. Set ingest.preprocess to match, or ingest into a new output root"
-        )
-    tasks, seen = plan_tasks(specs, settings.storage, previous)
-    report = IngestReport(run_id, previous.version, committed=False, scans_seen=seen)
+    preprocess = checked_preprocess(previous, settings)
+    tasks, listed = plan_tasks(specs, settings.storage, previous)
+    report = IngestReport(run_id, previous.version, committed=False, scans_seen=sum(listed.values()))
     labels = next_labels(previous, label_rows(specs, settings.storage))
     licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
     recorded = previous.version == 0 or previous.preprocess is not None  # else commit to record the spec
@@ -206,6 +200,18 @@ def sweep_uncommitted(store: ManifestStore, settings: IngestSettings) -> None:
                 fs.delete_dir(info.path)
 
 
+def checked_preprocess(previous: Manifest, settings: IngestSettings) -> dict[str, Any]:
+    """The run's preprocessing spec as JSON data; refuses one that differs from what ``previous`` holds."""
+    preprocess = json.loads(settings.preprocess.to_json())
+    made_with = previous_preprocess(previous, settings)
+    if made_with not in (None, preprocess):
+        raise ValueError(
+            f"{settings.output} holds slices made with preprocess {made_with} (manifest v{previous.version}); "
+            f"this run asks for {preprocess}. Set ingest.preprocess to match, or ingest into a new output root"
+        )
+    return preprocess
+
+
 def previous_preprocess(previous: Manifest, settings: IngestSettings) -> dict[str, Any] | None:
     """The preprocessing spec the slices of ``previous`` were made with (None when it holds none).
 
@@ -225,19 +231,20 @@ def previous_preprocess(previous: Manifest, settings: IngestSettings) -> dict[st
     return json.loads(specs.pop())
 
 
-def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: Manifest) -> tuple[list[dict[str, Any]], int]:
-    """One Ray row per unit to process (new or changed), and how many units were listed in all.
+def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig,
+               previous: Manifest) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One Ray row per unit to process (new or changed), and how many units each dataset listed.
 
     Subject, session and sequence come from the stored key; the row's ``key`` is the unit's public key.
     """
-    tasks, seen = [], 0
+    tasks, listed = [], {}
     for spec in specs:
         table = spec.load_sequence_table(storage)
         stored = {}
         for unit in scan_units(spec, list_objects(spec.source, storage)):
             scan_id = pseudonym(f"scan:{spec.name}/{unit.key}")
             stored[public_unit(spec, unit, scan_id).key] = unit, scan_id
-        seen += len(stored)
+        listed[spec.name] = len(stored)
         for public in plan([public_unit(spec, unit, scan_id) for unit, scan_id in stored.values()], previous):
             unit, scan_id = stored[public.key]
             try:
@@ -255,7 +262,47 @@ def plan_tasks(specs: list[DatasetSpec], storage: ObjectStoreConfig, previous: M
                 "sequence": spec.sequence_of(unit.key, table),
                 "problem": problem,
             })
-    return tasks, seen
+    return tasks, listed
+
+
+@dataclass(frozen=True)
+class IngestPreview:
+    """What an ingest run would process now (``preview_ingest``), by dataset."""
+
+    output: str
+    manifest_version: int
+    listed: dict[str, int]  # dataset -> scan units in its source
+    new: dict[str, list[str]]  # dataset -> public keys the ledger does not hold
+    changed: dict[str, list[str]]  # dataset -> public keys whose ETag or size changed
+
+    def summary(self, shown: int = 10) -> str:
+        lines = [f"ingest preview of {self.output} (manifest v{self.manifest_version}); no scan was read, nothing written"]
+        for dataset, count in self.listed.items():
+            new, changed = self.new.get(dataset, []), self.changed.get(dataset, [])
+            lines.append(f"  {dataset}: {count} listed, {len(new)} new, {len(changed)} changed, "
+                         f"{count - len(new) - len(changed)} unchanged")
+            lines += [f"    {kind} {key}" for kind, keys in (("new", new), ("changed", changed)) for key in keys[:shown]]
+            hidden = max(len(new) - shown, 0) + max(len(changed) - shown, 0)
+            if hidden:
+                lines.append(f"    ... and {hidden} more")
+        return "\n".join(lines)
+
+
+def preview_ingest(specs: list[DatasetSpec], settings: IngestSettings) -> IngestPreview:
+    """The units a run would process, from the source listings and the manifest alone (no Ray, no writes).
+
+    Raises as the run would when ``settings.preprocess`` differs from the output root's.
+    """
+    previous = ManifestStore(settings.output, settings.storage).latest()
+    checked_preprocess(previous, settings)
+    tasks, listed = plan_tasks(specs, settings.storage, previous)
+    held = {(row["dataset"], row["source_key"]) for row in previous.current_scans()}
+    new: dict[str, list[str]] = defaultdict(list)
+    changed: dict[str, list[str]] = defaultdict(list)
+    for task in tasks:
+        kind = changed if (task["dataset"], task["key"]) in held else new
+        kind[task["dataset"]].append(task["key"])
+    return IngestPreview(settings.output, previous.version, listed, dict(new), dict(changed))
 
 
 def public_unit(spec: DatasetSpec, unit: ScanUnit, scan_id: str) -> ScanUnit:

@@ -19,7 +19,8 @@ if __name__ == "__main__":  # run as a file: this folder must not shadow the `in
     sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from braindino.config import flatten, to_dict
-from ingest.job import INGEST_VERSION, FaultHook, IngestReport, IngestSettings, locate_scan, run_ingest
+from ingest.job import (INGEST_VERSION, FaultHook, IngestReport, IngestSettings, locate_scan, preview_ingest,
+                        run_ingest)
 from ingest.spec import DatasetSpec, load_spec, spec_paths
 from pipelines.jobs import connect_ray, job_parser, load_job_config
 from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
@@ -93,12 +94,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all", action="store_true", help="ingest every spec in datasets_dir")
     parser.add_argument("--locate", metavar="SCAN_ID", help="print the stored key of a scan pseudonym (for "
                         "datasets with redact_keys) and exit; prints nothing anywhere else")
+    parser.add_argument("--dry-run", action="store_true", help="list what a run would process (new and changed "
+                        "scans per dataset, from the listings and the manifest) and exit; writes nothing")
     args = parser.parse_args(argv)
     config = load_job_config(IngestConfig, args)
     chosen = [str(p) for p in spec_paths(config.datasets_dir)] if args.all else args.dataset or config.datasets
+    if not chosen:
+        raise SystemExit("ingest: name at least one dataset spec (--dataset FILE or --all)")
     if args.locate:
         found = locate_scan([load_spec(path) for path in chosen], config.ingest.storage, args.locate)
         print("\n".join(found) or f"no scan of {', '.join(chosen)} has the pseudonym {args.locate}")
+        return
+    if args.dry_run:
+        print(preview_ingest([load_spec(path) for path in chosen], config.ingest).summary())
         return
     ingest(replace(config, datasets=chosen))
 

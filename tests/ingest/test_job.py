@@ -26,7 +26,7 @@ from braindino.volumes import PreprocessSpec, centre_pad_crop
 from infra.local.bundled import upload_bundled
 from infra.local.services import LocalMlflow, create_bucket
 from ingest.deid import pseudonym
-from ingest.job import IngestSettings, locate_scan
+from ingest.job import IngestSettings, locate_scan, preview_ingest
 from ingest.manifest import ManifestStore
 from ingest.spec import load_spec
 from ingest.writers.shards import list_shards, read_shard
@@ -301,6 +301,29 @@ def test_a_rerun_with_another_preprocess_spec_is_refused_before_writing(world, k
     with pytest.raises(ValueError, match="'slice_size': 128.*'slice_size': 64"):
         ingest(other)
     assert latest(world).preprocess == json.loads(SPEC.to_json()) and stored_objects(world) == before
+
+
+def test_a_preview_names_new_and_changed_scans_and_writes_nothing(world, killed_then_rerun, object_store):
+    client, bucket, config = object_store.boto3_client(), world["bucket"], world["config"]
+    changed, new = "sub-02/anat/sub-02_T1w.nii.gz", "sub-09/anat/sub-09_T1w.nii"
+    original = client.get_object(Bucket=bucket, Key=f"raw/lab/{changed}")["Body"].read()
+    before, version = stored_objects(world), latest(world).version
+    client.put_object(Bucket=bucket, Key=f"raw/lab/{changed}", Body=original[:-1])
+    client.put_object(Bucket=bucket, Key=f"raw/lab/{new}", Body=original)
+    specs = [load_spec(path) for path in config.datasets]
+
+    preview = preview_ingest(specs, config.ingest)
+    lab_units = sum(dataset == "lab" for dataset, _ in GOOD | set(BAD))
+    assert preview.manifest_version == version
+    assert preview.new == {"lab": [new]} and preview.changed == {"lab": [changed]}
+    assert preview.listed["lab"] == lab_units + 1 and set(preview.listed) == {spec.name for spec in specs}
+    assert f"lab: {lab_units + 1} listed, 1 new, 1 changed, {lab_units - 1} unchanged" in preview.summary()
+    assert stored_objects(world) == before and latest(world).version == version
+
+    client.put_object(Bucket=bucket, Key=f"raw/lab/{changed}", Body=original)
+    client.delete_object(Bucket=bucket, Key=f"raw/lab/{new}")
+    restored = preview_ingest(specs, config.ingest)
+    assert restored.new == {} and restored.changed == {}
 
 
 def test_a_changed_object_supersedes_its_old_rows(world, killed_then_rerun, object_store, real_file):

@@ -28,13 +28,18 @@ def test_all_ingests_every_spec_of_the_folder_from_local_disk(ray_session, tmp_p
     specs.mkdir()
     (specs / "tiny.yaml").write_text(f"name: tiny\nsource: {tmp_path / 'raw'}\nlicence: MIT (nibabel test data)\n")
     output = tmp_path / "out"
-    main([
+    args = [
         "--config", str(REPO / "configs" / "ingest.yaml"), "--all",
         "--set", f"datasets_dir={specs}", "--set", f"ingest.output={output}",
         "--set", "ingest.preprocess.spacing=[2.0, 2.0, 2.0]", "--set", "ingest.preprocess.slice_size=64",
         "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "--set", f"tracking.artifact_root={(tmp_path / 'artifacts').as_uri()}",
-    ])
+    ]
+    main([*args, "--dry-run"])
+    preview = capsys.readouterr().out
+    assert "tiny: 1 listed, 1 new, 0 changed, 0 unchanged" in preview and "new sub-anat/anatomical.nii" in preview
+    assert not output.exists() and not (tmp_path / "mlflow.db").exists()
+    main(args)
     assert "scans ok 1; quarantined 0" in capsys.readouterr().out
 
     manifest = ManifestStore(str(output), ObjectStoreConfig()).latest()
