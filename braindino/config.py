@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+SECRET = {"secret": True}  # field metadata of a credential: ``to_dict`` never shows its value
+REDACTED = "<redacted>"
 
 
 class ConfigError(ValueError):
@@ -79,8 +81,20 @@ def build(cls: type[T], raw: Any, source: str, prefix: str = "") -> T:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """The plain-data form of a config tree (for logging as params or writing back to YAML)."""
-    return dataclasses.asdict(config)
+    """The plain-data form of a config tree, for MLflow params and printed configs.
+
+    A field declared with ``metadata=SECRET`` (a credential) reads ``REDACTED`` whenever it is set, so
+    no config that leaves the process carries it.
+    """
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return to_dict(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(plain(item) for item in value)
+        return value
+
+    return {f.name: REDACTED if f.metadata.get("secret") and getattr(config, f.name) is not None
+            else plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,19 +6,21 @@ names keys; ``endpoint_url`` points the same code at any S3-compatible server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+from braindino.config import SECRET
 
 
 @dataclass(frozen=True)
 class ObjectStoreConfig:
     endpoint_url: str | None = None  # None: AWS itself
     region: str = "us-east-1"
-    access_key: str | None = None  # None: the standard credential chain
-    secret_key: str | None = None
+    access_key: str | None = field(default=None, metadata=SECRET)  # None: the standard credential chain
+    secret_key: str | None = field(default=None, metadata=SECRET)
 
     def boto3_client(self):
         import boto3

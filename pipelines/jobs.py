@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable, TypeVar
 
-from braindino.config import ConfigError, load_config
+import yaml
+
+from braindino.config import ConfigError, load_config, to_dict
 
 T = TypeVar("T")
 
@@ -17,15 +20,24 @@ def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file for this job (defaults are used without it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key by its dotted path, e.g. --set section.key=value (repeatable)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key, defaults included, secrets redacted) as YAML and exit")
     return parser
 
 
 def load_job_config(config_cls: type[T], args: argparse.Namespace, extra: list[str] = ()) -> T:
-    """The job's typed config, or exit with the ConfigError's message (it names the file and key)."""
+    """The job's typed config, or exit with the ConfigError's message (it names the file and key).
+
+    With ``--print-config`` print it as YAML (loadable with ``--config``) and exit instead.
+    """
     try:
-        return load_config(config_cls, args.config, [*extra, *args.overrides])
+        config = load_config(config_cls, args.config, [*extra, *args.overrides])
     except ConfigError as err:
         sys.exit(f"config error: {err}")
+    if args.print_config:
+        print(yaml.safe_dump(json.loads(json.dumps(to_dict(config), default=str)), sort_keys=False), end="")
+        sys.exit(0)
+    return config
 
 
 def run_job(prog: str, description: str, config_cls: type[T], run: Callable[[T], object], argv=None) -> None:

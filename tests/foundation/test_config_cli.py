@@ -2,12 +2,12 @@
 
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
-from braindino.config import ConfigError, flatten, load_config, to_dict
+from braindino.config import REDACTED, ConfigError, flatten, load_config, to_dict
 
 
 @dataclass(frozen=True)
@@ -55,3 +55,22 @@ def test_cli_help_lists_commands_and_rejects_bad_keys():
     assert "demo" in help_text
     bad = subprocess.run([exe, "demo", "--set", "bucket_name=x"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown key 'bucket_name'" in bad.stderr
+
+
+def test_print_config_gives_yaml_that_loads_back_with_the_credentials_redacted(tmp_path):
+    from pipelines.train.config import PretrainConfig
+
+    exe = Path(sys.executable).parent / "braindino"
+    config_file = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
+    overrides = ["model.vit.size=small", "data.store.access_key=AKIA-TEST", "data.store.secret_key=s3cr3t-value"]
+    done = subprocess.run([exe, "pretrain", "--config", config_file, *(f"--set={o}" for o in overrides), "--print-config"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "s3cr3t-value" not in done.stdout and "AKIA-TEST" not in done.stdout
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(done.stdout)
+    expected = load_config(PretrainConfig, config_file, overrides)
+    loaded = load_config(PretrainConfig, printed)
+    assert loaded.data.store.secret_key == loaded.data.store.access_key == REDACTED
+    assert replace(loaded, data=replace(loaded.data, store=expected.data.store)) == expected
+    assert loaded.model.vit.embed_dim == 384

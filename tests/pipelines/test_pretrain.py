@@ -45,6 +45,9 @@ def test_run_logs_config_provenance_metrics_and_artifacts(trained):
     assert run.info.status == "FINISHED"
     assert run.data.params["stage1.iterations"] == str(STAGE1)
     assert run.data.params["model.vit.size"] == "micro"
+    secret = trained["config"].data.store.secret_key
+    assert secret and run.data.params["data.store.secret_key"] == run.data.params["data.store.access_key"] == "<redacted>"
+    assert secret not in run.data.params.values()
     tags = run.data.tags
     assert len(tags["data.manifest_digest"]) == 64 and tags["data.manifest_version"] == "1"
     assert tags["git.commit"] and tags["version.torch"].startswith("2.13")
