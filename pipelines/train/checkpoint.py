@@ -6,7 +6,8 @@ A checkpoint is one directory:
                                    [, "gram_teacher"]}, written collectively by every rank; DCP
                                    reshards on load, so a different number of workers can read it
     train_state.json               ``TrainState``: stage, next step, data position, MLflow run id
-    rng/rank<R>.pt                 each rank's torch/NumPy RNG state (used when the world size matches)
+    rng/rank<R>.json               each rank's torch/NumPy/Python RNG state as plain numbers (nothing to
+                                   unpickle; restored when the world size matches)
 
 Schedules are pure functions of the step, so the step restores them. Under Ray Train every rank writes
 its part into its own local directory and reports it with ``ray.train.report``; Ray merges them into
@@ -87,8 +88,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
         tree["optimizer"] = get_optimizer_state_dict(model.student, optimizer, options=full)
     dcp.save(tree, checkpoint_id=str(directory))
     (directory / "rng").mkdir(exist_ok=True)
-    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-               directory / "rng" / f"rank{_rank()}.pt")
+    (directory / "rng" / f"rank{_rank()}.json").write_text(json.dumps(rng_state()))
     if _rank() == 0:
         state.world_size = _world()
         (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
@@ -112,13 +112,30 @@ def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
         set_model_state_dict(net, tree[name])
     if optimizer is not None:
         set_optimizer_state_dict(model.student, optimizer, tree["optimizer"])
-    rng_file = directory / "rng" / f"rank{_rank()}.pt"
+    rng_file = directory / "rng" / f"rank{_rank()}.json"
     if restore_rng and state.world_size == _world() and rng_file.exists():
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_rng_state(json.loads(rng_file.read_text()))
     return state
+
+
+def rng_state() -> dict:
+    """This process's torch (CPU), NumPy and Python RNG states as JSON-ready numbers."""
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state().tolist(),
+            "numpy": {"keys": keys.tolist(), "position": int(position), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached_gaussian)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    saved = state["numpy"]
+    np.random.set_state(("MT19937", np.array(saved["keys"], dtype=np.uint32), saved["position"], saved["has_gauss"],
+                         saved["cached_gaussian"]))
+    saved = state["python"]
+    random.setstate((saved["version"], tuple(saved["internal"]), saved["gauss_next"]))
 
 
 def load_backbone_weights(directory: str | Path, part: str = "teacher") -> dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ def checkpoint(tmp_path):
 
 def test_export_writes_the_teacher_backbone_as_safetensors_with_its_specs(tmp_path, checkpoint):
     config, directory, teacher = checkpoint
+    assert (directory / "rng" / "rank0.json").exists() and not list(directory.rglob("*.pt"))  # no pickles
     weights = export_encoder(directory, config, tmp_path / "export", PreprocessSpec(slice_size=96))
     encoder = Encoder.from_checkpoint(weights)
     for key, value in encoder.backbone.state_dict().items():
