@@ -9,7 +9,9 @@ A checkpoint is one directory:
     rng/rank<R>.json               each rank's torch/NumPy/Python RNG state as plain numbers (nothing to
                                    unpickle; restored when the world size matches)
 
-Schedules are pure functions of the step, so the step restores them. Under Ray Train every rank writes
+DCP itself stores ``.metadata`` as a pickle that torch unpickles on load (the tensors load with
+``weights_only``): checkpoint storage must be writable only by training jobs. Schedules are pure
+functions of the step, so the step restores them. Under Ray Train every rank writes
 its part into its own local directory and reports it with ``ray.train.report``; Ray merges them into
 one checkpoint directory in the run's storage.
 """
