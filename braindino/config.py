@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
-SECRET = {"secret": True}  # field metadata of a credential: ``to_dict`` never shows its value
+SECRET = {"secret": True}  # field metadata of a credential (declare it repr=False too): ``to_dict`` hides it
 REDACTED = "<redacted>"
 
 

@@ -19,8 +19,8 @@ from braindino.config import SECRET
 class ObjectStoreConfig:
     endpoint_url: str | None = None  # None: AWS itself
     region: str = "us-east-1"
-    access_key: str | None = field(default=None, metadata=SECRET)  # None: the standard credential chain
-    secret_key: str | None = field(default=None, metadata=SECRET)
+    access_key: str | None = field(default=None, metadata=SECRET, repr=False)  # None: the standard credential chain
+    secret_key: str | None = field(default=None, metadata=SECRET, repr=False)
 
     def boto3_client(self):
         import boto3

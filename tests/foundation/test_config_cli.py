@@ -74,3 +74,4 @@ def test_print_config_gives_yaml_that_loads_back_with_the_credentials_redacted(t
     assert loaded.data.store.secret_key == loaded.data.store.access_key == REDACTED
     assert replace(loaded, data=replace(loaded.data, store=expected.data.store)) == expected
     assert loaded.model.vit.embed_dim == 384
+    assert "s3cr3t-value" not in repr(expected) and "AKIA-TEST" not in repr(expected)  # nor in logs and tracebacks
