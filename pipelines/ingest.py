@@ -37,9 +37,7 @@ class IngestConfig:
 
 def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestReport:
     """Run one incremental ingest of ``config.datasets``, print its summary and log it to MLflow."""
-    if not config.datasets:
-        raise SystemExit("ingest: name at least one dataset spec (--dataset FILE or --all)")
-    specs = [load_spec(path) for path in config.datasets]
+    specs = load_specs(config.datasets)
     connect_ray(config.ray_cpus)
     report = run_ingest(specs, config.ingest, fault_hook)
     print(report.summary())
@@ -52,6 +50,13 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
         print(f"  QC montage ({dataset}): {path}")
     log_run(config, specs, report)
     return report
+
+
+def load_specs(paths: list[str]) -> list[DatasetSpec]:
+    """The dataset specs at ``paths``; exits when there are none (a run, a preview or a lookup needs one)."""
+    if not paths:
+        raise SystemExit("ingest: name at least one dataset spec (--dataset FILE or --all)")
+    return [load_spec(path) for path in paths]
 
 
 def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport) -> None:
@@ -99,14 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_job_config(IngestConfig, args)
     chosen = [str(p) for p in spec_paths(config.datasets_dir)] if args.all else args.dataset or config.datasets
-    if not chosen:
-        raise SystemExit("ingest: name at least one dataset spec (--dataset FILE or --all)")
     if args.locate:
-        found = locate_scan([load_spec(path) for path in chosen], config.ingest.storage, args.locate)
+        found = locate_scan(load_specs(chosen), config.ingest.storage, args.locate)
         print("\n".join(found) or f"no scan of {', '.join(chosen)} has the pseudonym {args.locate}")
         return
     if args.dry_run:
-        print(preview_ingest([load_spec(path) for path in chosen], config.ingest).summary())
+        print(preview_ingest(load_specs(chosen), config.ingest).summary())
         return
     ingest(replace(config, datasets=chosen))
 
