@@ -20,6 +20,7 @@ import mlflow.pyfunc
 import numpy as np
 
 from braindino.volumes import PreprocessSpec
+from pipelines.registry import DIGEST_TAG, sha256_file
 from pipelines.train.data import ShardIndex, shard_index
 
 
@@ -124,7 +125,8 @@ def register_run(config, checkpoint_dir: str | Path, run_id: str, tracking_uri: 
     name = config.register.model_name
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "encoder"
-        export_encoder(checkpoint_dir, config, export, manifest_preprocess(index))
+        weights = export_encoder(checkpoint_dir, config, export, manifest_preprocess(index))
+        digest = sha256_file(weights)
         card = model_card(config, run, index, str(checkpoint_dir))
         (export / "MODEL_CARD.md").write_text(card)
         with mlflow.start_run(run_id=run_id):
@@ -140,6 +142,7 @@ def register_run(config, checkpoint_dir: str | Path, run_id: str, tracking_uri: 
     client.set_model_version_tag(name, version, "source_run", run_id)
     client.set_model_version_tag(name, version, "data.manifest_digest", run.data.tags.get("data.manifest_digest", ""))
     client.set_model_version_tag(name, version, "intended_use", "research, not clinical")
+    client.set_model_version_tag(name, version, DIGEST_TAG, digest)
     client.set_registered_model_alias(name, config.register.alias, version)
     return version
 

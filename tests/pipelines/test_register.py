@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from pathlib import Path
@@ -17,6 +18,7 @@ from braindino.features import Encoder
 from braindino.models.vit import VisionTransformer
 from braindino.ssl import SelfDistillation
 from braindino.volumes import PreprocessSpec
+from pipelines.registry import RegistryError, fetch_encoder
 from pipelines.register import export_encoder, main as register_main, register_run
 from pipelines.train.checkpoint import TrainState, save_checkpoint
 from pipelines.train.config import PretrainConfig
@@ -88,3 +90,12 @@ def test_register_sets_candidate_with_a_model_card_and_promote_sets_champion(che
     backbone.load_state_dict(teacher)
     with torch.no_grad():
         assert torch.equal(torch.from_numpy(served.predict(slices.numpy())), backbone(slices).cls)
+    fetched = fetch_encoder("models:/braindino-encoder@champion", mlflow_local.tracking_uri, mlflow_local.root / "fetched")
+    assert fetched.version == version and fetched.name == "braindino-encoder"
+    assert fetched.weights_sha256 == hashlib.sha256(fetched.weights.read_bytes()).hexdigest()
+    assert registered.tags["weights_sha256"] == fetched.weights_sha256
+    assert fetched.preprocess.spacing == (2.0, 2.0, 2.0)
+    with torch.no_grad():
+        assert torch.equal(fetched.load().encode_slices(slices), backbone(slices).cls)
+    with pytest.raises(RegistryError, match="names no registered version"):
+        fetch_encoder("models:/braindino-encoder@nowhere", mlflow_local.tracking_uri)
