@@ -26,7 +26,8 @@ from pipelines.train.checkpoint import TrainState, load_backbone_weights, load_c
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import BatchMaker, DataPosition, ProbeSet, resize_square, worker_batches
 from pipelines.train.parallelize import parallelize, world_mesh
-from pipelines.train.tracking import RunLogger, collapse_threshold, knn_accuracy, log, pca_figure, pca_rgb
+from braindino.evaluation import knn_accuracy, pca_rgb
+from pipelines.train.tracking import RunLogger, collapse_threshold, log, pca_figure
 
 warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
 
