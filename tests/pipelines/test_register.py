@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
-import torch.distributed as dist
 from mlflow.tracking import MlflowClient
 
 from braindino.config import load_config
@@ -23,6 +21,7 @@ from pipelines.register import export_encoder, main as register_main, register_r
 from pipelines.train.checkpoint import TrainState, save_checkpoint
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import ShardIndex
+from tests.distributed import one_rank_group
 
 pytestmark = pytest.mark.timeout(300)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
@@ -31,11 +30,7 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.
 @pytest.fixture
 def checkpoint(tmp_path):
     """A one-rank distributed checkpoint of the tiny model whose teacher differs from its initialisation."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
+    with one_rank_group():
         config = load_config(PretrainConfig, TINY)
         torch.manual_seed(0)
         model = SelfDistillation(config.model)
@@ -44,8 +39,6 @@ def checkpoint(tmp_path):
                 p.add_(0.05 * torch.randn_like(p))
         save_checkpoint(tmp_path / "ckpt", model, None, TrainState(stage="stage2", step=42))
         teacher = {k: v.clone() for k, v in model.teacher.backbone.state_dict().items()}
-    finally:
-        dist.destroy_process_group()
     return config, tmp_path / "ckpt", teacher
 
 
