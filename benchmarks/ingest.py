@@ -4,7 +4,7 @@ Three chains run on the same in-memory scan bytes (storage I/O excluded), each i
 that its peak RSS is its own, with NumPy/BLAS pinned to one thread:
 - ``floor``: only decompress and decode to a float32 array (nibabel's parse, scaled in float32 as our
   reader does: cheaper than nibabel's float64 scaling), the least any chain must do;
-- ``braindino``: ``ingest.process.process_scan`` (bounded read, validation, RAS canonicalisation, linear
+- ``braindino``: ``ingestion.process.process_scan`` (bounded read, validation, RAS canonicalisation, linear
   resampling, exact percentiles, z-score, slicing) plus what the job does with the kept slices before
   they reach a shard: one float16 stack (``sample_stack``), then every slice's ``.npy`` bytes
   (``npy_bytes``, the shard writer's encoder);
@@ -44,18 +44,14 @@ import time
 import zlib
 from pathlib import Path
 
-# Run as a script, this file's folder leads sys.path and its name would shadow the ``ingest`` package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from braindino.catalogue import available
 from braindino.volumes import PreprocessSpec
-from ingest.process import ScanPayload, process_scan
-from ingest.readers.nifti import float32_voxels
+from ingestion.process import ScanPayload, process_scan
+from ingestion.readers.nifti import float32_voxels
 
 CHAINS = ("floor", "braindino", "monai_style")
 INPUTS = ("iso_1mm", "aniso_1x1x3mm")
@@ -93,7 +89,7 @@ def run_floor(payload: ScanPayload) -> int:
 
 
 def run_braindino(payload: ScanPayload) -> int:
-    from ingest.writers.shards import npy_bytes, sample_stack  # imported by ``worker`` before the clock starts
+    from datastore.shards import npy_bytes, sample_stack  # imported by ``worker`` before the clock starts
 
     result = process_scan(payload, SPEC)
     if not result.ok:
@@ -138,7 +134,7 @@ RUNNERS = {"floor": run_floor, "braindino": run_braindino, "monai_style": run_mo
 def worker(chain: str, inputs: str, seconds: float, max_scans: int, first_scan: int) -> dict:
     """Cycle the catalogue through one chain, from ``first_scan`` on, until the time or scan budget is spent."""
     if chain == "braindino":  # torch, for the float16 stack: only this chain's process loads it, as the job's workers do
-        importlib.import_module("ingest.writers.shards")
+        importlib.import_module("datastore.shards")
     payloads = catalogue_payloads(inputs)
     loaded_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports + catalogue bytes
     run = RUNNERS[chain]
@@ -191,7 +187,7 @@ def summarise(inputs: str, chain: str, parts: list[dict]) -> dict:
 
 def slice_encodings() -> dict:
     """Bytes and encode time per 256 x 256 slice for candidate shard encodings, per 1 mm catalogue scan."""
-    from ingest.writers.shards import npy_bytes, sample_stack
+    from datastore.shards import npy_bytes, sample_stack
 
     def float16_npy(image: np.ndarray) -> bytes:  # as the job stores a slice
         return npy_bytes(sample_stack([image])[0])

@@ -16,16 +16,11 @@ import argparse
 import json
 import platform
 import socket
-import sys
 import time
 from pathlib import Path
 
-# benchmarks/ingest.py would shadow the ingest package: import from the repo root, not this folder
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 import torch.distributed as dist
 
 from braindino.config import load_config

@@ -12,7 +12,7 @@ import pytest
 
 from braindino.catalogue import CatalogueEntry, entry
 from infra.local.services import LOCAL_KEYS, LocalMlflow, LocalObjectStore, create_bucket
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 
 os.environ.update(LOCAL_KEYS)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

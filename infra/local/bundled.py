@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from braindino.catalogue import CatalogueEntry, entry
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 
 
 def scan_files(item: CatalogueEntry) -> list[Path]:

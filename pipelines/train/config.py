@@ -16,7 +16,7 @@ from braindino.optim import OptimConfig
 from braindino.ssl.gram import GramConfig
 from braindino.ssl.schedules import ScheduleConfig
 from braindino.ssl.self_distillation import SelfDistillationConfig
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 from pipelines.tracking import TrackingConfig
 
 

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from braindino.catalogue import entry
-from ingest.readers import ScanPayload
-from ingest.readers.dicom_stack import LPS_TO_RAS
+from ingestion.readers import ScanPayload
+from ingestion.readers.dicom_stack import LPS_TO_RAS
 
 PLANTED_IDENTIFIERS = {
     "PatientName": "Doe^Jane",
@@ -168,7 +168,7 @@ def small_scan():
     from functools import cache
 
     from braindino.volumes import PreprocessSpec
-    from ingest.process import process_scan
+    from ingestion.process import process_scan
 
     spec = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
 

@@ -28,7 +28,7 @@ def ray_head():
 
 def test_ray_job_submit_ingests_real_scans_from_s3(ray_head, object_store, tmp_path, capfd):
     from braindino.catalogue import entry
-    from ingest.manifest import ManifestStore
+    from datastore.manifest import ManifestStore
     from pipelines.jobs import submit_job
 
     scan = entry("icbm2009c_t1")
