@@ -48,8 +48,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from braindino.catalogue import available
 from braindino.volumes import PreprocessSpec
+from infra.local.catalogue import available
 from ingestion.process import ScanPayload, process_scan
 from ingestion.readers.nifti import float32_voxels
 
@@ -94,7 +94,7 @@ def run_braindino(payload: ScanPayload) -> int:
     result = process_scan(payload, SPEC)
     if not result.ok:
         raise RuntimeError(f"{payload.key} quarantined: {result.reason}: {result.detail}")
-    for image in sample_stack([image for _, image, _ in result.slices]):
+    for image in sample_stack([kept.image for kept in result.slices]):
         npy_bytes(image)
     return len(result.slices)
 
@@ -201,7 +201,7 @@ def slice_encodings() -> dict:
     }
     report: dict = {"zstd": "not measured: no zstd module in this environment", "scans": {}}
     for payload in catalogue_payloads("iso_1mm"):
-        slices = [image for _, image, _ in process_scan(payload, SPEC).slices]
+        slices = [kept.image for kept in process_scan(payload, SPEC).slices]
         per_scan = {"slices": len(slices)}
         for name, encode in encoders.items():
             start = time.process_time()

@@ -19,7 +19,6 @@ import socket
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -32,19 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def memory_dataset(config: PretrainConfig):
-    import nibabel as nib
     import ray.data
 
-    from braindino.catalogue import entry
-    from braindino.volumes import PreprocessSpec, preprocess
+    from braindino.volumes import PreprocessSpec
+    from infra.local.catalogue import slice_stack
 
-    images = []
-    for name in ("icbm2009c_t1", "icbm2009c_t2"):
-        img = nib.load(str(entry(name).path))
-        _, kept = preprocess(np.asarray(img.dataobj, dtype=np.float32), img.affine,
-                             PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
-        images.extend(image for _, image, _ in kept)
-    ds = ray.data.from_numpy(np.stack(images)).map_batches(lambda b: {"image": b["data"]}, batch_format="numpy")
+    images = slice_stack(("icbm2009c_t1", "icbm2009c_t2"), PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
+    ds = ray.data.from_numpy(images).map_batches(lambda b: {"image": b["data"]}, batch_format="numpy")
     return ds.randomize_block_order()
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from braindino.catalogue import entry
 from braindino.volumes import intensity
 from braindino.volumes import (
     CanonicalVolume,
@@ -23,6 +22,7 @@ from braindino.volumes import (
     preprocess,
     resample,
 )
+from infra.local.catalogue import entry
 
 
 def load(name: str, stride: int = 2) -> tuple[np.ndarray, np.ndarray]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from functools import cache
 
-import nibabel as nib
-import numpy as np
 import pytest
 
-from braindino.volumes import PreprocessSpec, preprocess
+from braindino.volumes import PreprocessSpec
+from infra.local.catalogue import preprocessed as preprocess_entry
 from tests.conftest import real_scan
 
 SPEC = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
@@ -19,7 +18,7 @@ def preprocessed():
     """``preprocessed(catalogue_name)`` -> (canonical volume, kept slices) at 2 mm and 128 px; skips when absent."""
     @cache
     def load(name: str):
-        image = nib.load(str(real_scan(name).path))
-        return preprocess(np.asarray(image.dataobj, dtype=np.float32), image.affine, SPEC)
+        real_scan(name)
+        return preprocess_entry(name, SPEC)
 
     return load

@@ -43,7 +43,7 @@ def test_mlflow_run_is_logged_and_read_back(mlflow_local):
 
 
 def test_bundled_real_mri_lands_in_the_bucket_byte_for_byte(object_store, bucket):
-    from braindino.catalogue import entry
+    from infra.local.catalogue import entry
     from infra.local.bundled import scan_files, upload_bundled
 
     datasets = {"icbm152": ["icbm2009c_t2"], "heudiconv": ["heudiconv_dwi"]}

@@ -17,7 +17,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from braindino.catalogue import entry
+from infra.local.catalogue import entry
 from ingestion.readers import ScanPayload
 from ingestion.readers.dicom_stack import LPS_TO_RAS
 

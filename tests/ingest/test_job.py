@@ -21,17 +21,17 @@ import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
-from braindino.catalogue import entry
 from braindino.volumes import PreprocessSpec, centre_pad_crop
+from datastore.manifest import ManifestStore
+from datastore.shards import list_shards, read_shard
+from datastore.volumes import open_root
 from infra.local.bundled import upload_bundled
+from infra.local.catalogue import entry
 from infra.local.services import LocalMlflow, create_bucket
 from ingestion.deid import pseudonym
 from ingestion.planning import locate_scan, preview_ingest
 from ingestion.settings import IngestSettings
-from datastore.manifest import ManifestStore
 from ingestion.spec import load_spec
-from datastore.shards import list_shards, read_shard
-from datastore.volumes import open_root
 from pipelines.ingest import IngestConfig, ingest
 from pipelines.tracking import TrackingConfig
 

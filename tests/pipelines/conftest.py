@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(scope="session")
 def ingested(object_store, ray_session):
     """ICBM152 2009c T1 and T2 (real, from the catalogue) ingested by the ingest job to ``s3://BUCKET/ingest``."""
-    from braindino.catalogue import entry
+    from infra.local.catalogue import entry
     from ingestion.job import run_ingest
     from ingestion.settings import IngestSettings
     from ingestion.spec import DatasetSpec, SequenceRule

@@ -27,7 +27,7 @@ def ray_head():
 
 
 def test_ray_job_submit_ingests_real_scans_from_s3(ray_head, object_store, tmp_path, capfd):
-    from braindino.catalogue import entry
+    from infra.local.catalogue import entry
     from datastore.manifest import ManifestStore
     from pipelines.jobs import submit_job
 
