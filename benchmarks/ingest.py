@@ -75,9 +75,10 @@ def catalogue_payloads(inputs: str) -> list[ScanPayload]:
     return payloads
 
 
-def encode_float16_npy(image: np.ndarray) -> bytes:
+def numpy_npy(image: np.ndarray, dtype: type = np.float32) -> bytes:
+    """``image`` cast with NumPy and written by ``np.save``: the obvious encoder."""
     buffer = io.BytesIO()
-    np.save(buffer, image.astype(np.float16), allow_pickle=False)
+    np.save(buffer, image.astype(dtype, copy=False), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -123,7 +124,7 @@ def run_monai_style(payload: ScanPayload) -> int:
         pads = [((SPEC.slice_size - n) // 2, SPEC.slice_size - n - (SPEC.slice_size - n) // 2) for n in image.shape]
         padded = np.pad(image, [(max(a, 0), max(b, 0)) for a, b in pads])
         starts = [(n - SPEC.slice_size) // 2 for n in padded.shape]
-        encode_float16_npy(padded[starts[0] : starts[0] + SPEC.slice_size, starts[1] : starts[1] + SPEC.slice_size])
+        numpy_npy(padded[starts[0] : starts[0] + SPEC.slice_size, starts[1] : starts[1] + SPEC.slice_size], np.float16)
         count += 1
     return count
 
@@ -193,8 +194,8 @@ def slice_encodings() -> dict:
         return npy_bytes(sample_stack([image])[0])
 
     encoders = {
-        "float32_npy": _npy,
-        "float16_npy_numpy_cast": encode_float16_npy,
+        "float32_npy": numpy_npy,
+        "float16_npy_numpy_cast": lambda s: numpy_npy(s, np.float16),
         "float16_npy": float16_npy,
         "float16_npy_zlib1": lambda s: zlib.compress(float16_npy(s), 1),
         "float16_npy_zlib6": lambda s: zlib.compress(float16_npy(s), 6),
@@ -212,12 +213,6 @@ def slice_encodings() -> dict:
             }
         report["scans"][payload.key] = per_scan
     return report
-
-
-def _npy(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, image, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def main() -> None:
