@@ -6,6 +6,9 @@ Every client any job uses is built here, from one ``ObjectStoreConfig``: pyarrow
 so settings every client must share (credentials, endpoint, region, and later one retry policy) are
 written in this module and nowhere else.
 
+It lives in ``datastore`` rather than in the ingest job because every job uses it: ingest, training
+(data and checkpoints), registration and the local services.
+
 Credentials follow the standard AWS chain (environment, profile, instance role) unless the config
 names keys; ``endpoint_url`` points the same code at any S3-compatible server.
 """
