@@ -3,7 +3,7 @@
 Every client any job uses is built here, from one ``ObjectStoreConfig``: pyarrow's filesystem
 (manifest tables, shards, checkpoints, Ray Data reads), boto3 (listings with ETags, uploads) and s3fs
 (the zarr volume store). Each builder is the only place that translates the config for its client,
-so settings every client must share (credentials, endpoint, region, and later one retry policy) are
+so settings every client must share (credentials, endpoint, region, any retry policy) are
 written in this module and nowhere else.
 
 It lives in ``datastore`` rather than in the ingest job because every job uses it: ingest, training
