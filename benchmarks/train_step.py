@@ -16,16 +16,10 @@ import argparse
 import json
 import platform
 import socket
-import sys
 import time
 from pathlib import Path
 
-# benchmarks/ingest.py would shadow the ingest package: import from the repo root, not this folder
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import torch
 import torch.distributed as dist
 
 from braindino.config import load_config
@@ -39,19 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def memory_dataset(config: PretrainConfig):
-    import nibabel as nib
     import ray.data
 
-    from braindino.catalogue import entry
-    from braindino.volumes import PreprocessSpec, preprocess
+    from braindino.volumes import PreprocessSpec
+    from infra.local.catalogue import slice_stack
 
-    images = []
-    for name in ("icbm2009c_t1", "icbm2009c_t2"):
-        img = nib.load(str(entry(name).path))
-        _, kept = preprocess(np.asarray(img.dataobj, dtype=np.float32), img.affine,
-                             PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
-        images.extend(image for _, image, _ in kept)
-    ds = ray.data.from_numpy(np.stack(images)).map_batches(lambda b: {"image": b["data"]}, batch_format="numpy")
+    images = slice_stack(("icbm2009c_t1", "icbm2009c_t2"), PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
+    ds = ray.data.from_numpy(images).map_batches(lambda b: {"image": b["data"]}, batch_format="numpy")
     return ds.randomize_block_order()
 
 

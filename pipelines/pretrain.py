@@ -15,18 +15,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python pipelines/pretrain.py` (ray job submit): import from the repo
-    # root, never from pipelines/ (where pipelines/ingest.py would shadow the ingest package)
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_here)]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from braindino.config import flatten, to_dict  # noqa: E402
-from pipelines.jobs import connect_ray, job_parser, load_job_config, submit_job  # noqa: E402
-from pipelines.tracking import provenance_tags, use_experiment  # noqa: E402
-from pipelines.train.config import PretrainConfig  # noqa: E402
-from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index  # noqa: E402
-from pipelines.train.loop import StagePlan, TrainingDiverged, train_stage  # noqa: E402
+from braindino.config import flatten, to_dict
+from pipelines.jobs import connect_ray, job_parser, load_job_config, submit_job
+from pipelines.tracking import provenance_tags, use_experiment
+from pipelines.train.config import PretrainConfig
+from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index
+from pipelines.train.loop import StagePlan, TrainingDiverged, train_stage
 
 log = logging.getLogger("braindino.pretrain")
 

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from braindino.catalogue import CatalogueEntry, entry
+from datastore.objectstore import ObjectStoreConfig
+from infra.local.catalogue import CatalogueEntry, entry
 from infra.local.services import LOCAL_KEYS, LocalMlflow, LocalObjectStore, create_bucket
-from ingest.storage import ObjectStoreConfig
 
 os.environ.update(LOCAL_KEYS)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

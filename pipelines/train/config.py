@@ -18,7 +18,7 @@ from braindino.optim import OptimConfig, scaled_lr
 from braindino.ssl.gram import GramConfig
 from braindino.ssl.schedules import HighResScheduleConfig, ScheduleConfig, TrainingSchedules
 from braindino.ssl.self_distillation import SelfDistillationConfig
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 from pipelines.tracking import TrackingConfig
 
 

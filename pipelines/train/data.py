@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropBatch, MultiCropConfig, batch_from_views
 from braindino.ssl.masking import BlockMaskGenerator
-from ingest.manifest import ManifestStore
-from ingest.storage import ObjectStoreConfig
+from datastore.manifest import ManifestStore
+from datastore.objectstore import ObjectStoreConfig
 from pipelines.train.checkpoint import DataPosition
 from pipelines.train.config import PretrainConfig, StageConfig
 
@@ -66,8 +66,8 @@ def shard_index(root: str, store: ObjectStoreConfig) -> ShardIndex:
     digest.update(f"v{manifest.version}:{manifest.run_id}\n".encode())
     for shard, key in sorted(zip(slices["shard"].to_pylist(), slices["sample_key"].to_pylist())):
         digest.update(f"{shard}/{key}\n".encode())
-    scans = tuple({k: row[k] for k in ("dataset", "sequence", "subject", "slices_kept")}
-                  for row in manifest.current_scans() if row["status"] == "ok")
+    scans = tuple({k: getattr(row, k) for k in ("dataset", "sequence", "subject", "slices_kept")}
+                  for row in manifest.current_scans() if row.status == "ok")
     return ShardIndex(root=root, version=manifest.version, digest=digest.hexdigest(),
                       shards=tuple(f"{manifests.root}/{s}" for s in shards), n_slices=slices.num_rows, scans=scans,
                       inactive_keys=frozenset(manifest.inactive_sample_keys()), preprocess=manifest.preprocess,
@@ -204,25 +204,25 @@ class ProbeSet:
 
 def probe_set(index: ShardIndex, store: ObjectStoreConfig, per_class: int, max_classes: int = 4) -> ProbeSet:
     """Up to ``per_class`` slices per sequence, read from the manifest's shards (train/query by alternating z)."""
-    from ingest.writers.shards import read_shard
+    from datastore.shards import SampleRecord, read_shard
 
     fs, _ = store.resolve(index.root)
-    chosen: dict[str, list[tuple[str, np.ndarray, dict]]] = {}
+    chosen: dict[str, list[tuple[str, np.ndarray, SampleRecord]]] = {}
     for shard in index.shards:
         for key, image, record in read_shard(fs, shard):
             if key in index.inactive_keys:
                 continue
-            sequence = record.get("sequence") or "unknown"
+            sequence = record.sequence or "unknown"
             bucket = chosen.setdefault(sequence, []) if len(chosen) < max_classes or sequence in chosen else None
             if bucket is not None and len(bucket) < per_class:
                 bucket.append((key, image.astype(np.float32), record))
         if chosen and all(len(v) >= per_class for v in chosen.values()) and len(chosen) >= min(2, max_classes):
             break
-    rows = sorted((item for items in chosen.values() for item in items), key=lambda r: (r[2].get("sequence", ""), r[2].get("z", 0)))
+    rows = sorted((item for items in chosen.values() for item in items), key=lambda r: (r[2].sequence, r[2].z))
     if not rows:
         raise ValueError(f"{index.root}: no slices found in the manifest's shards for the probe set")
     images = np.stack([r[1] for r in rows])
-    labels = [r[2].get("sequence") or "unknown" for r in rows]
+    labels = [r[2].sequence or "unknown" for r in rows]
     train = np.array([i % 2 == 0 for i in range(len(rows))])
     return ProbeSet(images, labels, train, [r[0] for r in rows])
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ingest.manifest import ManifestStore
-from ingest.storage import ObjectStoreConfig
+from datastore.manifest import ManifestStore
+from datastore.objectstore import ObjectStoreConfig
 from pipelines.ingest import main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,8 +1,8 @@
 """``ray job submit`` of the ingest and pretrain drivers against a local ``ray start --head``.
 
-This file runs last in the session (see ``conftest.pytest_collection_modifyitems``). ``LocalRayHead``
-uses free ports and stops only its own processes, so the session's Ray is untouched. The head inherits
-this process's environment (S3 keys, pseudonym key), as a cluster's pods get theirs from secrets.
+This file runs last in the session (see ``conftest.pytest_collection_modifyitems``). ``local_ray_head`` uses
+free ports and stops only its own processes, so the session's Ray is untouched. The head inherits this
+process's environment (S3 keys, pseudonym key), as a cluster's pods get theirs from secrets.
 """
 
 from __future__ import annotations
@@ -12,23 +12,20 @@ import gzip
 import pytest
 from mlflow.tracking import MlflowClient
 
-from infra.local.services import LocalRayHead, create_bucket
+from infra.local.services import create_bucket, local_ray_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def ray_head():
-    head = LocalRayHead()
-    try:
-        yield head.start()
-    finally:
-        head.stop()
+    with local_ray_head() as address:
+        yield address
 
 
 def test_ray_job_submit_ingests_real_scans_from_s3(ray_head, object_store, tmp_path, capfd):
-    from braindino.catalogue import entry
-    from ingest.manifest import ManifestStore
+    from infra.local.catalogue import entry
+    from datastore.manifest import ManifestStore
     from pipelines.jobs import submit_job
 
     scan = entry("icbm2009c_t1")

@@ -10,17 +10,16 @@ import json
 import shutil
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
-from braindino.catalogue import entry
 from braindino.config import load_config
-from braindino.volumes import PreprocessSpec, preprocess
+from braindino.volumes import PreprocessSpec
+from infra.local.catalogue import slice_stack
 from pipelines.train.checkpoint import TrainState, load_backbone_weights
 from pipelines.train.config import PretrainConfig
 from pipelines.train.loop import StagePlan, StageTrainer
+from tests.conftest import real_scan
 
 pytestmark = pytest.mark.timeout(300)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
@@ -28,13 +27,8 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.
 
 @pytest.fixture(scope="module")
 def real_slices() -> torch.Tensor:
-    item = entry("icbm2009c_t1")
-    if not item.available:
-        pytest.skip(f"icbm2009c_t1 not available: {item.install_hint}")
-    img = nib.load(str(item.path))
-    _, kept = preprocess(np.asarray(img.dataobj, dtype=np.float32), img.affine,
-                         PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
-    return torch.from_numpy(np.stack([image for _, image, _ in kept]))
+    real_scan("icbm2009c_t1")
+    return torch.from_numpy(slice_stack(["icbm2009c_t1"], PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96)))
 
 
 class InMemoryShard:

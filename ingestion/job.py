@@ -1,0 +1,230 @@
+"""The ingest job on Ray Data: plan -> process scans -> zarr -> shuffled shards -> manifest commit.
+
+Stages:
+1. an output root of an older manifest layout is upgraded (``datastore.upgrade``), then the driver
+   plans the run (``ingestion.planning``): the new or changed scan units, with their pseudonyms;
+2. ``process_units`` (Ray Data, at most ``concurrency`` scans at once) fetches each unit's bytes, runs
+   ``process_scan``, writes the canonical volume to zarr and returns the unit's ``ScanRow`` as typed
+   columns plus its kept slices (float16 pixels, ``z``, foreground fractions);
+3. slices are exploded into rows, shuffled globally with a seed (so a shard mixes subjects and
+   datasets), cut into blocks of ``shard_size`` rows and written one tar per block by ``write_shard_block``;
+4. the manifest tables are written, then the new version is committed last; then the shard and table
+   folders of runs that died before their commit are deleted.
+
+A run that dies anywhere before step 4's commit leaves only unreferenced files; the rerun redoes it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.data import TaskPoolStrategy
+
+from braindino.volumes import Slice
+from datastore.manifest import SCANS_SCHEMA, SLICES_SCHEMA, Manifest, ManifestStore, ScanRow, SliceRow
+from datastore.shards import SAMPLE_DTYPE, Sample, SampleRecord, sample_key, sample_stack, shard_path, write_shard
+from datastore.upgrade import upgrade_manifest
+from datastore.volumes import open_root, prepare_root, write_volume
+from ingestion.ledger import next_labels, next_tables, same_rows, unchanged_content
+from ingestion.planning import ScanTask, checked_preprocess, label_rows, plan_tasks
+from ingestion.process import ScanResult, process_scan
+from ingestion.qc import write_qc
+from ingestion.report import IngestReport
+from ingestion.settings import INGEST_VERSION, IngestSettings
+from ingestion.sources import read_payload
+from ingestion.spec import DatasetSpec
+
+FaultHook = Callable[[str], None]
+SLICE_COLUMNS = [("images", pa.binary()), ("z", pa.list_(pa.int32())), ("foreground", pa.list_(pa.float64()))]
+SAMPLE_COLUMNS = ("volume_id", "scan_id", "dataset", "subject", "session", "sequence", "spacing")
+WRITTEN_SCHEMA = SLICES_SCHEMA.append(pa.field("bytes", pa.int64()))  # a slice row and the size of its shard
+
+
+def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: FaultHook | None = None) -> IngestReport:
+    """Ingest what is new or changed in ``specs`` into ``settings.output`` (Ray must be initialised).
+
+    ``fault_hook(stage)`` is called at ``"before_commit"``, after every data file is written; tests
+    raise there to simulate a job killed before its commit.
+    """
+    started = time.monotonic()
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    upgrade_manifest(settings.output, settings.storage, settings.preprocess)
+    store = ManifestStore(settings.output, settings.storage)
+    previous = store.latest()
+    preprocess = checked_preprocess(previous, settings)
+    tasks, listed = plan_tasks(specs, settings.storage, previous)
+    report = IngestReport(run_id, previous.version, committed=False, scans_seen=sum(listed.values()))
+    labels = next_labels(previous, label_rows(specs, settings.storage))
+    licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
+    if not tasks and same_rows(labels, previous.labels) and all(previous.datasets.get(n) == v for n, v in licences.items()):
+        report.seconds = time.monotonic() - started
+        return report
+
+    scan_rows, slices, shard_bytes, skip = process_tasks(tasks, previous, specs, settings, run_id)
+    scans, all_slices = next_tables(previous, scan_rows, slices)
+    tables = store.write_tables(run_id, {"scans": scans, "slices": all_slices, "labels": labels})
+    if fault_hook:
+        fault_hook("before_commit")
+    report.manifest_version = store.commit(previous, run_id, tables, licences, preprocess)
+    report.committed = True
+    store.sweep_uncommitted()
+
+    fresh = [r for r in scan_rows if r.volume_id not in skip]
+    report.scans_ok = sum(r.status == "ok" for r in fresh)
+    report.quarantined = [{"dataset": r.dataset, "source_key": r.source_key, "reason": r.reason, "detail": r.detail}
+                          for r in fresh if r.status == "quarantined"]
+    report.slices = slices.num_rows
+    report.shards = sorted(shard_bytes)
+    report.bytes_read = sum(r.size for r in scan_rows)
+    report.bytes_written = sum(shard_bytes.values())
+    report.qc = write_qc(fresh, settings.output, settings.storage, run_id)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def process_tasks(tasks: list[ScanTask], previous: Manifest, specs: list[DatasetSpec], settings: IngestSettings,
+                  run_id: str) -> tuple[list[ScanRow], pa.Table, dict[str, int], set[str]]:
+    """Process every task on Ray Data and write the new slices' shards.
+
+    Returns the scan rows, the new ``slices`` rows, each written shard's size, and the volume ids whose
+    content the ledger already holds (their slices are not written again).
+    """
+    if not tasks:
+        return [], SLICES_SCHEMA.empty_table(), {}, set()
+    prepare_root(settings.output, settings.storage, sorted({task.dataset for task in tasks}))
+    processed = (
+        ray.data.from_items([task.as_row() for task in tasks], override_num_blocks=len(tasks))
+        .map_batches(process_units, batch_size=1, batch_format="pyarrow",
+                     fn_kwargs={"settings": settings, "specs": {s.name: s for s in specs}, "run_id": run_id},
+                     compute=TaskPoolStrategy(size=settings.concurrency))
+        .materialize()
+    )
+    scan_rows = ScanRow.rows(collect(processed.select_columns(SCANS_SCHEMA.names), SCANS_SCHEMA))
+    skip = unchanged_content(previous, scan_rows)
+    has_slices = any(r.slices_kept for r in scan_rows if r.volume_id not in skip)
+    written = write_shards(processed, skip, settings, run_id) if has_slices else WRITTEN_SCHEMA.empty_table()
+    shards_of: dict[str, set[str]] = defaultdict(set)
+    for volume_id, shard in zip(written["volume_id"].to_pylist(), written["shard"].to_pylist()):
+        shards_of[volume_id].add(shard)
+    scan_rows = [replace(row, shards=sorted(shards_of.get(row.volume_id, ()))) for row in scan_rows]
+    shard_bytes = dict(zip(written["shard"].to_pylist(), written["bytes"].to_pylist()))
+    return scan_rows, written.select(SLICES_SCHEMA.names), shard_bytes, skip
+
+
+def collect(dataset: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
+    """A dataset's rows as one Arrow table of ``schema``."""
+    tables = [table.select(schema.names).cast(schema) for table in ray.get(dataset.to_arrow_refs()) if table.num_rows]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def process_units(batch: pa.Table, settings: IngestSettings, specs: dict[str, DatasetSpec], run_id: str) -> pa.Table:
+    """Ray Data map_batches over tasks: each unit's ``ScanRow`` columns plus its kept slices (``images``:
+    the float16 pixels of every kept slice; ``z`` and ``foreground`` per slice).
+
+    A plain function, so Ray runs it in pooled worker processes that stay warm across runs.
+    """
+    rows, kept = [], []
+    for task in map(ScanTask.from_row, batch.to_pylist()):
+        row, slices = process_unit(task, settings, specs[task.dataset], run_id)
+        rows.append(row)
+        kept.append(slices)
+    columns = [
+        [sample_stack([s.image for s in slices]).tobytes() for slices in kept],
+        [[s.z for s in slices] for slices in kept],
+        [[s.foreground_fraction for s in slices] for slices in kept],
+    ]
+    table = ScanRow.table(rows)
+    for (name, arrow_type), values in zip(SLICE_COLUMNS, columns):
+        table = table.append_column(name, pa.array(values, arrow_type))
+    return table
+
+
+def process_unit(task: ScanTask, settings: IngestSettings, spec: DatasetSpec, run_id: str) -> tuple[ScanRow, list[Slice]]:
+    """One unit: fetch, process, store the volume; returns its scans row and its kept slices."""
+    if task.problem:
+        result = ScanResult(task.key, "", reason="unmatched_subject", detail=task.problem)
+    else:
+        payload = read_payload(spec.source, task.unit, settings.storage, anonymous_names=spec.redact_keys)
+        result = process_scan(payload, settings.preprocess, settings.policy)
+    row = scan_row(task, result, run_id)
+    if result.ok:
+        root = open_root(settings.output, settings.storage, mode="r+")
+        row = replace(row, zarr_path=write_volume(root, spec.name, row.volume_id, result.volume, zarr_attrs(row, result)))
+    return row, result.slices
+
+
+def scan_row(task: ScanTask, result: ScanResult, run_id: str) -> ScanRow:
+    """The unit's ``scans`` row; ``zarr_path`` and ``shards`` are filled in once written."""
+    volume = result.volume
+    return ScanRow(
+        scan_id=task.scan_id, volume_id=f"{task.scan_id}-{result.digest[:12]}", dataset=task.dataset,
+        source_key=task.key, size=task.unit.size, etag=task.unit.etag, content_digest=result.digest,
+        status="ok" if result.ok else "quarantined", reason=result.reason, detail=result.detail,
+        subject=task.subject, session=task.session, sequence=task.sequence,
+        shape=list(volume.shape) if volume else None, spacing=list(volume.spacing) if volume else None,
+        orientation=volume.orientation if volume else None, slices_kept=len(result.slices),
+        zarr_path="", shards=[], run_id=run_id, ingest_version=INGEST_VERSION,
+    )
+
+
+def zarr_attrs(row: ScanRow, result: ScanResult) -> dict[str, Any]:
+    """Attributes beside the voxels: geometry comes from ``write_volume``; all of it non-identifying."""
+    return json.loads(json.dumps({
+        "dataset": row.dataset, "volume_id": row.volume_id, "subject": row.subject, "session": row.session,
+        "sequence": row.sequence, "ingest_version": row.ingest_version, "source_digest": result.digest,
+        "provenance": result.volume.provenance, "acquisition": result.metadata,
+    }, default=str))
+
+
+def explode_slices(row: dict[str, Any], skip: set[str], slice_size: int) -> list[dict[str, Any]]:
+    """One row per kept slice of a processed scan (none for ``skip``ped volumes): its pixels and the
+    fields of its sample record, as columns."""
+    if row["status"] != "ok" or row["volume_id"] in skip:
+        return []
+    images = np.frombuffer(row["images"], dtype=SAMPLE_DTYPE).reshape(-1, slice_size, slice_size)
+    scan = {k: row[k] for k in SAMPLE_COLUMNS}
+    return [{**scan, "sample_key": sample_key(row["volume_id"], z), "image": image, "z": z, "foreground_fraction": fraction}
+            for image, z, fraction in zip(images, row["z"], row["foreground"])]
+
+
+def write_shard_block(batch: dict[str, np.ndarray], settings: IngestSettings, run_id: str) -> pa.Table:
+    """Ray Data map_batches over blocks of ``shard_size`` shuffled slices: one tar per block.
+
+    Returns the block's ``slices`` rows plus the shard's size in ``bytes``; no pixels.
+    """
+    fs, root = settings.storage.resolve(settings.output)
+    keys = [str(k) for k in batch["sample_key"]]
+    shard = shard_path(run_id, keys)
+    records = [
+        SampleRecord(dataset=str(dataset), subject=str(subject), session=str(session), sequence=str(sequence),
+                     volume_id=str(volume_id), z=int(z), foreground_fraction=float(fraction),
+                     spacing=[float(v) for v in spacing])
+        for dataset, subject, session, sequence, volume_id, z, fraction, spacing in zip(
+            batch["dataset"], batch["subject"], batch["session"], batch["sequence"], batch["volume_id"], batch["z"],
+            batch["foreground_fraction"], batch["spacing"])
+    ]
+    size = write_shard(fs, f"{root}/{shard}", map(Sample, keys, batch["image"], records))
+    rows = SliceRow.table(SliceRow(shard, key, r.volume_id, str(scan_id), r.dataset, r.subject, r.z,
+                                   r.foreground_fraction, active=True)
+                          for key, r, scan_id in zip(keys, records, batch["scan_id"]))
+    return rows.append_column("bytes", pa.array([size] * len(keys), pa.int64()))
+
+
+def write_shards(processed: ray.data.Dataset, skip: set[str], settings: IngestSettings, run_id: str) -> pa.Table:
+    """Shuffle every new slice globally (seeded), write shards of ``shard_size``; returns their rows."""
+    written = (
+        processed.flat_map(explode_slices, fn_kwargs={"skip": skip, "slice_size": settings.preprocess.slice_size})
+        .random_shuffle(seed=settings.shuffle_seed)
+        .repartition(target_num_rows_per_block=settings.shard_size, strict=True)
+        .map_batches(write_shard_block, fn_kwargs={"settings": settings, "run_id": run_id},
+                     batch_size=None, compute=TaskPoolStrategy(size=settings.concurrency))
+    )
+    return collect(written, WRITTEN_SCHEMA)
