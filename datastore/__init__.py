@@ -6,8 +6,8 @@ the benchmarks read back (each format with its version); ``files`` writes whole 
 
 Why a package of its own: these are the contracts between stages, and every stage imports them.
 ``braindino`` cannot hold them (it stays plain PyTorch/NumPy, while these need pyarrow, boto3, s3fs
-and zarr); ``ingestion`` cannot either, because downstream code would then import the producer's
+and zarr); ``ingest`` cannot either, because downstream code would then import the producer's
 internals to read its output; ``pipelines`` composes jobs and is imported by nobody. ``datastore``
-imports only ``braindino`` (for the preprocessing spec and the canonical volume); ``ingestion``,
+imports only ``braindino`` (for the preprocessing spec and the canonical volume); ``ingest``,
 ``pipelines``, ``infra``, the tests and the benchmarks import it.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 from braindino.config import load_config
 from infra.local.bundled import missing_entries, upload_bundled
 from infra.local.services import LocalStack, create_bucket, local_ray_head, local_stack
-from pipelines.ingest import IngestConfig
+from pipelines.ingestion import IngestConfig
 from pipelines.jobs import run_job, submit_job
 
 
@@ -53,7 +53,7 @@ def run_ingest_stage(config: DemoConfig, stack: LocalStack, address: str) -> Non
     output = (config.workdir / "ingest").resolve()
     datasets_dir = load_config(IngestConfig, config.ingest_config).datasets_dir
     print(f"[demo] ingesting s3://{config.bucket}/raw/ into {output}")
-    submit_job(address, "ingest.py", [
+    submit_job(address, "ingestion.py", [
         "--config", str(config.ingest_config),
         *(item for name in config.datasets for item in ("--dataset", f"{datasets_dir}/{name}.yaml")),
         "--set", f"ingest.output={output}", "--set", f"ingest.storage.endpoint_url={stack.store.endpoint_url}",

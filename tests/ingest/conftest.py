@@ -17,8 +17,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from ingestion.readers import ScanPayload
-from ingestion.readers.dicom_stack import LPS_TO_RAS
+from ingest.readers import ScanPayload
+from ingest.readers.dicom_stack import LPS_TO_RAS
 from tests.conftest import real_scan
 
 PLANTED_IDENTIFIERS = {

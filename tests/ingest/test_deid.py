@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydicom
 import pytest
 
-from ingestion.deid import DICOM_ALLOWED_KEYWORDS, PseudonymKeyMissing, allowed_dicom_metadata, pseudonym
+from ingest.deid import DICOM_ALLOWED_KEYWORDS, PseudonymKeyMissing, allowed_dicom_metadata, pseudonym
 
 
 def test_pseudonyms_are_stable_keyed_and_short():

@@ -28,11 +28,11 @@ from datastore.volumes import open_root
 from infra.local.bundled import upload_bundled
 from infra.local.catalogue import entry
 from infra.local.services import LocalMlflow, create_bucket
-from ingestion.deid import pseudonym
-from ingestion.planning import locate_scan, preview_ingest
-from ingestion.settings import IngestSettings
-from ingestion.spec import load_spec
-from pipelines.ingest import IngestConfig, ingest
+from ingest.deid import pseudonym
+from ingest.planning import locate_scan, preview_ingest
+from ingest.settings import IngestSettings
+from ingest.spec import load_spec
+from pipelines.ingestion import IngestConfig, ingest
 from pipelines.tracking import TrackingConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from datastore.manifest import LABELS_SCHEMA, LabelRow, Manifest, ScanRow, SliceRow
-from ingestion.ledger import next_labels, next_tables, plan, unchanged_content
-from ingestion.sources import ScanUnit, SourceObject
+from ingest.ledger import next_labels, next_tables, plan, unchanged_content
+from ingest.sources import ScanUnit, SourceObject
 
 
 def unit(key: str, etag: str, size: int = 10) -> ScanUnit:

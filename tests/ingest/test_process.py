@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from braindino.volumes import PreprocessSpec
-from ingestion.process import ScanPayload, ScanPolicy, content_digest, process_scan
+from ingest.process import ScanPayload, ScanPolicy, content_digest, process_scan
 
 SPEC = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
 

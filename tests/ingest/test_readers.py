@@ -12,8 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from ingestion.readers import ScanPayload, ScanPolicy, ScanRejected, read_scan, sniff_format
-from ingestion.readers.dicom_stack import LPS_TO_RAS
+from ingest.readers import ScanPayload, ScanPolicy, ScanRejected, read_scan, sniff_format
+from ingest.readers.dicom_stack import LPS_TO_RAS
 
 
 def expected_dicom_values(data: np.ndarray) -> np.ndarray:

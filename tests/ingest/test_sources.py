@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from datastore.objectstore import ObjectStoreConfig
-from ingestion.sources import anonymous_name, list_objects, read_payload, scan_units
-from ingestion.spec import DatasetSpec
+from ingest.sources import anonymous_name, list_objects, read_payload, scan_units
+from ingest.spec import DatasetSpec
 
 SPEC = DatasetSpec(name="mixed", source="", licence="test", include=["*"], exclude=["*.json"])
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from braindino.config import ConfigError
-from ingestion.spec import DatasetSpec, SequenceRule, load_spec, spec_paths
+from ingest.spec import DatasetSpec, SequenceRule, load_spec, spec_paths
 
 REPO = Path(__file__).resolve().parents[2]
 

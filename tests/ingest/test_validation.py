@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingestion.readers import RawScan, ScanRejected, read_scan
-from ingestion.validation import ValidationLimits, validate
+from ingest.readers import RawScan, ScanRejected, read_scan
+from ingest.validation import ValidationLimits, validate
 
 
 @pytest.fixture(scope="module")

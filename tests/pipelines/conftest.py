@@ -28,9 +28,9 @@ def pytest_collection_modifyitems(session, config, items):
 def ingested(object_store, ray_session):
     """ICBM152 2009c T1 and T2 (real, from the catalogue) ingested by the ingest job to ``s3://BUCKET/ingest``."""
     from infra.local.catalogue import entry
-    from ingestion.job import run_ingest
-    from ingestion.settings import IngestSettings
-    from ingestion.spec import DatasetSpec, SequenceRule
+    from ingest.job import run_ingest
+    from ingest.settings import IngestSettings
+    from ingest.spec import DatasetSpec, SequenceRule
 
     names = ("icbm2009c_t1", "icbm2009c_t2")
     for name in names:

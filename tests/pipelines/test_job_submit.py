@@ -40,7 +40,7 @@ def test_ray_job_submit_ingests_real_scans_from_s3(ray_head, object_store, tmp_p
     spec = tmp_path / "submitted.yaml"
     spec.write_text(f"name: submitted\nsource: s3://{bucket}/raw\nlicence: MNI ICBM152\n")
     output = f"s3://{bucket}/ingest"
-    submit_job(ray_head, "ingest.py", [
+    submit_job(ray_head, "ingestion.py", [
         "--config", "configs/ingest.yaml", "--dataset", str(spec),
         "--set", f"ingest.output={output}", "--set", f"ingest.storage.endpoint_url={object_store.endpoint_url}",
         "--set", "ingest.preprocess.spacing=[2.0, 2.0, 2.0]", "--set", "ingest.preprocess.slice_size=96",

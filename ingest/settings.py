@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from braindino.volumes import PreprocessSpec
 from datastore.objectstore import ObjectStoreConfig
-from ingestion.readers.scan import ScanPolicy
+from ingest.readers.scan import ScanPolicy
 
 INGEST_VERSION = 1  # recorded in every scan row and the run's MLflow params
 

@@ -24,9 +24,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # nibabel's "experimental DICOM readers" notice
     from nibabel.nicom import dicomwrappers
 
-from ingestion.deid import allowed_dicom_metadata
-from ingestion.readers.dicom_stack import LPS_TO_RAS, stack_slices
-from ingestion.readers.scan import RawScan, ScanPolicy, ScanRejected, choose_volume
+from ingest.deid import allowed_dicom_metadata
+from ingest.readers.dicom_stack import LPS_TO_RAS, stack_slices
+from ingest.readers.scan import RawScan, ScanPolicy, ScanRejected, choose_volume
 
 
 def read_dicom(key: str, files: dict[str, bytes], policy: ScanPolicy) -> RawScan:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-from ingestion.readers.scan import ScanPolicy, ScanRejected
+from ingest.readers.scan import ScanPolicy, ScanRejected
 
 ZIP_MAGIC = b"PK\x03\x04"
 

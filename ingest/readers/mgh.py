@@ -7,8 +7,8 @@ import struct
 import nibabel as nib
 import numpy as np
 
-from ingestion.readers.decoding import check_dimensions, read_bounded
-from ingestion.readers.scan import RawScan, ScanPolicy, ScanRejected, keep_3d
+from ingest.readers.decoding import check_dimensions, read_bounded
+from ingest.readers.scan import RawScan, ScanPolicy, ScanRejected, keep_3d
 
 MGH_HEADER_BYTES = 284
 MGH_BYTES_PER_VOXEL = {0: 1, 1: 4, 3: 4, 4: 2}  # uchar, int32, float32, short

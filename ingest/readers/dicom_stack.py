@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from ingestion.readers.decoding import check_dimensions
-from ingestion.readers.scan import ScanPolicy, ScanRejected, choose_volume
+from ingest.readers.decoding import check_dimensions
+from ingest.readers.scan import ScanPolicy, ScanRejected, choose_volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GEOMETRY_TOLERANCE = 1e-4

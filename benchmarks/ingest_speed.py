@@ -4,7 +4,7 @@ Three chains run on the same in-memory scan bytes (storage I/O excluded), each i
 that its peak RSS is its own, with NumPy/BLAS pinned to one thread:
 - ``floor``: only decompress and decode to a float32 array (nibabel's parse, scaled in float32 as our
   reader does: cheaper than nibabel's float64 scaling), the least any chain must do;
-- ``braindino``: ``ingestion.process.process_scan`` (bounded read, validation, RAS canonicalisation, linear
+- ``braindino``: ``ingest.process.process_scan`` (bounded read, validation, RAS canonicalisation, linear
   resampling, exact percentiles, z-score, slicing) plus what the job does with the kept slices before
   they reach a shard: one float16 stack (``sample_stack``), then every slice's ``.npy`` bytes
   (``npy_bytes``, the shard writer's encoder);
@@ -21,7 +21,7 @@ on a shared machine does not inflate); wall time is reported beside them. The lo
 second to second (caches, memory bandwidth), so the chains take turns: ``--rounds`` rounds, each giving
 every chain ``--seconds / --rounds`` CPU seconds. ``mean`` is over all rounds, ``best`` is the
 least-disturbed round. Usage:
-    python benchmarks/ingest.py --out ingest.json [--seconds 30] [--rounds 5] [--max-scans 300]
+    python benchmarks/ingest_speed.py --out ingest.json [--seconds 30] [--rounds 5] [--max-scans 300]
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from scipy import ndimage
 
 from braindino.volumes import PreprocessSpec
 from infra.local.catalogue import available
-from ingestion.process import ScanPayload, process_scan
-from ingestion.readers.nifti import float32_voxels
+from ingest.process import ScanPayload, process_scan
+from ingest.readers.nifti import float32_voxels
 
 CHAINS = ("floor", "braindino", "monai_style")
 INPUTS = ("iso_1mm", "aniso_1x1x3mm")

@@ -2,7 +2,7 @@
 
 Stages:
 1. an output root of an older manifest layout is upgraded (``datastore.upgrade``), then the driver
-   plans the run (``ingestion.planning``): the new or changed scan units, with their pseudonyms;
+   plans the run (``ingest.planning``): the new or changed scan units, with their pseudonyms;
 2. ``process_units`` (Ray Data, at most ``concurrency`` scans at once) fetches each unit's bytes, runs
    ``process_scan``, writes the canonical volume to zarr and returns the unit's ``ScanRow`` as typed
    columns plus its kept slices (float16 pixels, ``z``, foreground fractions);
@@ -33,14 +33,14 @@ from datastore.manifest import SCANS_SCHEMA, SLICES_SCHEMA, Manifest, ManifestSt
 from datastore.shards import SAMPLE_DTYPE, Sample, SampleRecord, sample_key, sample_stack, shard_path, write_shard
 from datastore.upgrade import upgrade_manifest
 from datastore.volumes import open_root, prepare_root, write_volume
-from ingestion.ledger import next_labels, next_tables, same_rows, unchanged_content
-from ingestion.planning import ScanTask, checked_preprocess, label_rows, plan_tasks
-from ingestion.process import ScanResult, process_scan
-from ingestion.qc import write_qc
-from ingestion.report import IngestReport
-from ingestion.settings import INGEST_VERSION, IngestSettings
-from ingestion.sources import read_payload
-from ingestion.spec import DatasetSpec
+from ingest.ledger import next_labels, next_tables, same_rows, unchanged_content
+from ingest.planning import ScanTask, checked_preprocess, label_rows, plan_tasks
+from ingest.process import ScanResult, process_scan
+from ingest.qc import write_qc
+from ingest.report import IngestReport
+from ingest.settings import INGEST_VERSION, IngestSettings
+from ingest.sources import read_payload
+from ingest.spec import DatasetSpec
 
 FaultHook = Callable[[str], None]
 SLICE_COLUMNS = [("images", pa.binary()), ("z", pa.list_(pa.int32())), ("foreground", pa.list_(pa.float64()))]

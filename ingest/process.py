@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from braindino.volumes import CanonicalVolume, PreprocessSpec, Slice, preprocess
-from ingestion.readers import read_scan
-from ingestion.readers.scan import ScanPayload, ScanPolicy, ScanRejected
-from ingestion.validation import ValidationLimits, validate
+from ingest.readers import read_scan
+from ingest.readers.scan import ScanPayload, ScanPolicy, ScanRejected
+from ingest.validation import ValidationLimits, validate
 
 __all__ = ["ScanPayload", "ScanPolicy", "ScanResult", "content_digest", "process_scan"]
 

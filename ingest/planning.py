@@ -1,7 +1,7 @@
 """Planning an ingest run: which scan units to process, under which pseudonyms, and a preview of it.
 
 The driver lists every dataset's source, groups the objects into scan units and keeps those the ledger
-says are new or changed (``ingestion.ledger.plan``). Each becomes a ``ScanTask``: the unit's public key
+says are new or changed (``ingest.ledger.plan``). Each becomes a ``ScanTask``: the unit's public key
 (its stored key, or ``redacted/<scan_id>`` when the spec says keys may identify people), its files, and
 its subject, session and scan pseudonyms. ``preview_ingest`` reports the same plan and processes nothing.
 """
@@ -15,11 +15,11 @@ from typing import Any
 
 from datastore.manifest import LabelRow, Manifest, ManifestStore
 from datastore.objectstore import ObjectStoreConfig
-from ingestion.deid import pseudonym
-from ingestion.ledger import plan
-from ingestion.settings import IngestSettings
-from ingestion.sources import ScanUnit, SourceObject, list_objects, scan_units, unit_uri
-from ingestion.spec import DatasetSpec
+from ingest.deid import pseudonym
+from ingest.ledger import plan
+from ingest.settings import IngestSettings
+from ingest.sources import ScanUnit, SourceObject, list_objects, scan_units, unit_uri
+from ingest.spec import DatasetSpec
 
 
 @dataclass(frozen=True)

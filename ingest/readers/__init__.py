@@ -6,13 +6,13 @@ files or ``.dcm`` mean DICOM) and, for unknown names, by the content's magic byt
 
 from __future__ import annotations
 
-from ingestion.readers.archive import ZIP_MAGIC, unzip_files
-from ingestion.readers.decoding import is_gzip
-from ingestion.readers.dicom import read_dicom
-from ingestion.readers.mgh import read_mgh
-from ingestion.readers.nifti import read_nifti
-from ingestion.readers.nrrd_reader import read_nrrd
-from ingestion.readers.scan import RawScan, ScanPayload, ScanPolicy, ScanRejected
+from ingest.readers.archive import ZIP_MAGIC, unzip_files
+from ingest.readers.decoding import is_gzip
+from ingest.readers.dicom import read_dicom
+from ingest.readers.mgh import read_mgh
+from ingest.readers.nifti import read_nifti
+from ingest.readers.nrrd_reader import read_nrrd
+from ingest.readers.scan import RawScan, ScanPayload, ScanPolicy, ScanRejected
 
 __all__ = ["FORMAT_SUFFIXES", "RawScan", "ScanPayload", "ScanPolicy", "ScanRejected", "read_scan", "sniff_format"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-from ingestion.readers.scan import ScanRejected
+from ingest.readers.scan import ScanRejected
 
 GZIP_MAGIC = b"\x1f\x8b"
 

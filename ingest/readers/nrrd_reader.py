@@ -7,8 +7,8 @@ import io
 import nrrd
 import numpy as np
 
-from ingestion.readers.decoding import check_dimensions
-from ingestion.readers.scan import RawScan, ScanPolicy, ScanRejected, keep_3d
+from ingest.readers.decoding import check_dimensions
+from ingest.readers.scan import RawScan, ScanPolicy, ScanRejected, keep_3d
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACE_TO_RAS = {

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datastore.manifest import CURRENT, SLICES_SCHEMA, LabelRow, Manifest, ScanRow
-from ingestion.sources import ScanUnit
+from ingest.sources import ScanUnit
 
 
 def plan(units: Iterable[ScanUnit], manifest: Manifest) -> list[ScanUnit]:

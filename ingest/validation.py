@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingestion.readers.scan import RawScan, ScanRejected
+from ingest.readers.scan import RawScan, ScanRejected
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ingestion.readers.decoding import check_dimensions, read_bounded
-from ingestion.readers.scan import RawScan, ScanPolicy, ScanRejected, keep_3d
+from ingest.readers.decoding import check_dimensions, read_bounded
+from ingest.readers.scan import RawScan, ScanPolicy, ScanRejected, keep_3d
 
 NIFTI1_MAGIC = b"n+1\x00"
 NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from datastore.objectstore import ObjectStoreConfig
-from ingestion.readers import FORMAT_SUFFIXES, ScanPayload
-from ingestion.spec import DatasetSpec
+from ingest.readers import FORMAT_SUFFIXES, ScanPayload
+from ingest.spec import DatasetSpec
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Locally: ``braindino ingest --config configs/ingest.yaml --dataset configs/datasets/icbm152.yaml`` (or
 ``--all`` for every spec in ``datasets_dir``). On a cluster:
-``ray job submit --working-dir . -- python pipelines/ingest.py --config configs/ingest.yaml --all``;
+``ray job submit --working-dir . -- python pipelines/ingestion.py --config configs/ingest.yaml --all``;
 with ``RAY_ADDRESS`` set the job attaches to that cluster instead of starting a local Ray.
 Each run is incremental (the manifest is the ledger) and is logged to MLflow as an ingest run.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from braindino.config import flatten, to_dict
 from datastore.upgrade import upgrade_manifest
-from ingestion.job import FaultHook, run_ingest
-from ingestion.planning import locate_scan, preview_ingest
-from ingestion.report import IngestReport
-from ingestion.settings import INGEST_VERSION, IngestSettings
-from ingestion.spec import DatasetSpec, load_spec, spec_paths
+from ingest.job import FaultHook, run_ingest
+from ingest.planning import locate_scan, preview_ingest
+from ingest.report import IngestReport
+from ingest.settings import INGEST_VERSION, IngestSettings
+from ingest.spec import DatasetSpec, load_spec, spec_paths
 from pipelines.jobs import connect_ray, job_parser, load_job_config
 from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
 
