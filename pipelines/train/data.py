@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropBatch, MultiCropConfig, batch_from_views
 from braindino.ssl.masking import BlockMaskGenerator
+from braindino.volumes import PreprocessSpec
 from ingest.manifest import ManifestStore
 from ingest.storage import ObjectStoreConfig
 from pipelines.train.config import PretrainConfig, StageConfig
@@ -39,8 +40,8 @@ class ShardIndex:
     shards: tuple[str, ...]  # paths within the filesystem ``store.resolve(root)`` returns
     n_slices: int
     scans: tuple[dict, ...]  # (dataset, sequence, subject, slices_kept) per ok scan
+    preprocess: PreprocessSpec  # what ingest made every slice with
     inactive_keys: frozenset[str] = frozenset()  # superseded samples still inside listed shards: skipped
-    preprocess: dict | None = None  # the PreprocessSpec ingest made every slice with (None: not recorded)
     licences: dict = field(default_factory=dict)  # dataset -> {"licence", "citation"}
 
     def datasets(self) -> dict[str, int]:
@@ -70,8 +71,8 @@ def shard_index(root: str, store: ObjectStoreConfig) -> ShardIndex:
                   for row in manifest.current_scans() if row["status"] == "ok")
     return ShardIndex(root=root, version=manifest.version, digest=digest.hexdigest(),
                       shards=tuple(f"{manifests.root}/{s}" for s in shards), n_slices=slices.num_rows, scans=scans,
-                      inactive_keys=frozenset(manifest.inactive_sample_keys()), preprocess=manifest.preprocess,
-                      licences=manifest.datasets)
+                      preprocess=PreprocessSpec.from_json(json.dumps(manifest.preprocess)),
+                      inactive_keys=frozenset(manifest.inactive_sample_keys()), licences=manifest.datasets)
 
 
 def _decode(batch: dict) -> dict:
