@@ -77,7 +77,7 @@ def test_ray_job_submit_trains_both_stages_and_registers_the_encoder(ray_head, t
                                                                       object_store, capfd):
     from pipelines.pretrain import submit
 
-    overrides = [*tiny_overrides(tmp_path), "stage1.iterations=12", "stage2.iterations=4", "checkpoint.every=6",
+    overrides = [*tiny_overrides(tmp_path), "stage1.iterations=6", "stage2.iterations=2", "checkpoint.every=3",
                  "eval.every=6", "data.augment_on=worker",  # the other tests cover ray_data
                  "checkpoint.storage_path=s3://pretrain-data/job-submit/ray_results"]  # checkpoints in object storage
     uri = next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.tracking_uri="))
@@ -88,7 +88,7 @@ def test_ray_job_submit_trains_both_stages_and_registers_the_encoder(ray_head, t
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["data.augment_on"] == "worker"
     history = client.get_metric_history(run_id, "loss_total")
-    assert max(m.step for m in history) == 12 + 4 - 1
+    assert max(m.step for m in history) == 6 + 2 - 1
     revision = submitted_revision()
     assert {key: run.data.tags[key] for key in revision} == revision
     version = client.get_model_version_by_alias("braindino-encoder", "candidate")

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 README_COMMAND = ["pretrain", "--config", "configs/pretrain/tiny-cpu.yaml", "--set", "data.manifest=.local/ingest"]
-STAGE1, EVERY, FAULT_AT = 15, 5, 7
+STAGE1, EVERY, FAULT_AT = 10, 5, 7
 MODEL_NAME = "braindino-encoder"
 
 
