@@ -49,8 +49,8 @@ def run_job(prog: str, description: str, config_cls: type[T], run: Callable[[T],
 def connect_ray(num_cpus: int | None = None) -> None:
     """Attach to the cluster in RAY_ADDRESS (``ray job submit`` sets it), else start a local Ray.
 
-    Under a cluster no resource arguments are passed (platform notes F6). A RAY_ADDRESS that is an
-    ``http(s)://`` job-API URL is not a driver address: such a driver must be submitted as a job.
+    Under a cluster no resource arguments are passed (Ray refuses them when attaching). A RAY_ADDRESS
+    that is an ``http(s)://`` job-API URL is not a driver address: such a driver must be submitted as a job.
     """
     import ray
 
