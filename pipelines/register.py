@@ -214,6 +214,7 @@ def main(argv=None) -> None:
         promote_main(argv[1:])
         return
     parser = job_parser("braindino register", __doc__.splitlines()[0])
+    parser.epilog = "'braindino register promote --version N [--alias champion]' points an alias at a version."
     parser.add_argument("--checkpoint", help="a pretraining checkpoint directory (same as --set checkpoint_dir=PATH)")
     parser.add_argument("--run-id", help="the MLflow run of that pretraining (same as --set run_id=RUN)")
     args = parser.parse_args(argv)
