@@ -65,7 +65,10 @@ def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
     """``ray job submit`` the tiny two-stage pretraining to the local head; the job registers the encoder."""
     import time
 
+    from mlflow.tracking import MlflowClient
+
     from pipelines.pretrain import submit
+    from pipelines.registry import DIGEST_TAG, ENCODER_MODEL
 
     name = time.strftime("demo-%Y%m%d-%H%M%S")
     print(f"[demo] pretraining {config.pretrain_config}")
@@ -75,8 +78,10 @@ def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
     ], stack.mlflow.tracking_uri, name)
     print(f"[demo] pretraining run {name}: open http://127.0.0.1:5000 -> experiment braindino-pretrain -> run {run_id}")
     print("[demo]   metrics (loss terms, lr, feature std, images/s, knn_probe_accuracy), artifacts pca/*.png")
-    print("[demo] encoder registered as models:/braindino-encoder@candidate; promote with "
-          "'braindino register promote --version N'")
+    version = MlflowClient(stack.mlflow.tracking_uri).get_model_version_by_alias(ENCODER_MODEL, "candidate")
+    print(f"[demo] encoder registered as models:/{ENCODER_MODEL}@candidate (version {version.version}, commit "
+          f"{version.tags['git.commit']}, dirty {version.tags['git.dirty']}, weights sha256 {version.tags[DIGEST_TAG]}); "
+          "promote with 'braindino register promote --version N'")
 
 
 def main(argv=None) -> None:

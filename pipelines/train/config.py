@@ -62,6 +62,8 @@ class DataConfig:
 
     ``augment_on``: ``worker`` runs the batched augmentation on the training device (the GPU default),
     ``ray_data`` runs the CPU form inside the Ray Data pipeline before batches reach the workers.
+    ``stall_timeout_s``: a worker that waits this long for a batch fails, naming the stuck stream
+    stage (read, decode, augment, split); 0 waits forever.
     """
 
     manifest: str = ""
@@ -72,6 +74,7 @@ class DataConfig:
     prefetch_batches: int = 2
     probe_slices_per_class: int = 32
     pca_slices: int = 4
+    stall_timeout_s: float = 600.0
 
 
 @dataclass

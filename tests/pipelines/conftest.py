@@ -6,7 +6,11 @@ The ``ray job submit`` test stops its own Ray head, so it is moved to the very e
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 from pathlib import Path
+
+import cloudpickle
 
 import pytest
 
@@ -83,3 +87,21 @@ def tiny_config(tiny_overrides):
         return load_config(PretrainConfig, TINY, [*tiny_overrides(root), *overrides])
 
     return build
+
+
+@pytest.fixture
+def no_unpickling():
+    """``with no_unpickling(): ...``: every unpickling entry point (pickle, cloudpickle) raises inside the block."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    @contextlib.contextmanager
+    def guard():
+        with pytest.MonkeyPatch.context() as patch:
+            for module in (pickle, cloudpickle):
+                for name in ("load", "loads", "Unpickler"):
+                    if hasattr(module, name):
+                        patch.setattr(module, name, refuse)
+            yield
+
+    return guard
