@@ -238,13 +238,6 @@ class FaultProxy:
                     return active.fault
         return None
 
-    def __enter__(self) -> FaultProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
