@@ -12,7 +12,7 @@ import pytest
 
 from datastore.objectstore import ObjectStoreConfig
 from infra.local.catalogue import CatalogueEntry, entry
-from infra.local.services import LOCAL_KEYS, LocalMlflow, LocalObjectStore, create_bucket
+from infra.local.services import LOCAL_KEYS, LocalMlflow, LocalObjectStore, create_bucket, fault_proxied
 
 os.environ.update(LOCAL_KEYS)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -34,6 +34,14 @@ def bucket(object_store: ObjectStoreConfig) -> str:
     name = f"t-{uuid.uuid4().hex[:12]}"
     create_bucket(object_store, name)
     return name
+
+
+@pytest.fixture
+def flaky_store(object_store: ObjectStoreConfig):
+    """``(config, proxy)``: the session's S3 endpoint behind a fault-injecting proxy for one test; the
+    config goes to the code under test, the proxy injects faults (none until told) and counts them."""
+    with fault_proxied(object_store) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="session")
