@@ -8,7 +8,7 @@ validation by the mean Dice of the labels over the validation subjects' slices).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -16,8 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from braindino.evaluation.protocol import Fitted
+from braindino.evaluation.segmentation import segmentation_scores
+from braindino.features.volume import VolumeFeatures
+from braindino.heads.inference import LabelVolume, label_volume
 from braindino.heads.models import DecoderConfig, SegmentationDecoder
 from braindino.heads.training import FitSettings, fit_selected, minibatches
+from braindino.volumes import CanonicalVolume, canonicalise, centre_pad_crop, resample, source_grid, voxel_spacing
 
 SCORES = ("dice", "hd95", "nsd")
 
@@ -54,6 +58,62 @@ def slice_dice(logits: Tensor, targets: Tensor, n_classes: int) -> float:
         total = int(found.sum() + wanted.sum())
         scores.append(1.0 if total == 0 else 2.0 * int((found & wanted).sum()) / total)
     return float(np.mean(scores))
+
+
+@dataclass(frozen=True)
+class ScanCase:
+    """One segmented scan, loaded on demand: its preprocessed canonical volume (geometry and provenance), its
+    encoder features (with the decoder's blocks) and its reference labels on the scan's original grid."""
+
+    subject: str
+    volume: Callable[[], CanonicalVolume]
+    features: Callable[[], VolumeFeatures]
+    reference: Callable[[], np.ndarray]
+
+
+class ScanCases:
+    """``SegmentationCases`` over ``ScanCase`` rows; reference slices are made once per scan and kept.
+
+    ``keep(row, labels)`` receives the predicted ``LabelVolume`` of every scan the protocol asks to keep.
+    """
+
+    def __init__(self, cases: list[ScanCase], labels: dict[int, str], slice_size: int, tolerance_mm: float,
+                 keep: Callable[[int, LabelVolume], None] | None = None) -> None:
+        self.cases, self.labels, self.slice_size, self.tolerance = cases, labels, slice_size, tolerance_mm
+        self.keep = keep
+        self._targets: dict[int, Tensor] = {}
+
+    def slices(self, row: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        features = self.cases[row].features()
+        if row not in self._targets:
+            self._targets[row] = reference_slices(self.cases[row].reference(), self.cases[row].volume(), features.z,
+                                                  self.slice_size)
+        return features.blocks, self._targets[row], features.grid
+
+    def score(self, row: int, probabilities: np.ndarray, keep: bool) -> np.ndarray:
+        case = self.cases[row]
+        volume, features = case.volume(), case.features()
+        names = {str(value): name for value, name in self.labels.items()}
+        predicted = label_volume(probabilities, features.z, volume, names)
+        if keep and self.keep is not None:
+            self.keep(row, predicted)
+        reference = case.reference()
+        scores = segmentation_scores(predicted.labels, reference, voxel_spacing(predicted.affine), self.labels, self.tolerance)
+        return np.array([[s.dice, s.hd95, s.nsd] for s in scores.values()], dtype=np.float64)
+
+
+def reference_slices(reference: np.ndarray, volume: CanonicalVolume, z: np.ndarray, slice_size: int) -> Tensor:
+    """Reference labels (on the scan's original grid) carried onto ``volume``'s canonical grid exactly as the
+    image was (reorientation, then nearest-neighbour resampling to its spacing), cut at axial slices ``z``."""
+    affine, shape = source_grid(volume)
+    if tuple(reference.shape) != shape:
+        raise ValueError(f"the reference labels have shape {tuple(reference.shape)}, the scan {shape}: a mask must "
+                         "share its image's grid")
+    canonical = resample(canonicalise(np.asarray(reference, dtype=np.float32), affine), volume.spacing, order=0)
+    if canonical.shape != volume.shape:
+        raise ValueError(f"reference labels map to {canonical.shape}, the canonical volume is {volume.shape}")
+    labels = np.stack([centre_pad_crop(canonical.data[:, :, int(k)], slice_size) for k in z])
+    return torch.from_numpy(np.rint(labels).astype(np.int64))
 
 
 @dataclass
