@@ -71,14 +71,27 @@ class ScanCase:
     reference: Callable[[], np.ndarray]
 
 
+@dataclass(frozen=True)
+class KeptPrediction:
+    """A test scan's prediction the protocol asked to keep: on the original grid (``labels``) and as the
+    canonical axial slices ``z`` it was made on (``slices``, beside the ``reference`` slices)."""
+
+    row: int
+    case: ScanCase
+    labels: LabelVolume
+    z: np.ndarray
+    slices: np.ndarray  # [S, H, W] predicted labels
+    reference: np.ndarray  # [S, H, W] reference labels
+
+
 class ScanCases:
     """``SegmentationCases`` over ``ScanCase`` rows; reference slices are made once per scan and kept.
 
-    ``keep(row, labels)`` receives the predicted ``LabelVolume`` of every scan the protocol asks to keep.
+    ``keep`` receives a ``KeptPrediction`` for every scan the protocol asks to keep.
     """
 
     def __init__(self, cases: list[ScanCase], labels: dict[int, str], slice_size: int, tolerance_mm: float,
-                 keep: Callable[[int, LabelVolume], None] | None = None) -> None:
+                 keep: Callable[[KeptPrediction], None] | None = None) -> None:
         self.cases, self.labels, self.slice_size, self.tolerance = cases, labels, slice_size, tolerance_mm
         self.keep = keep
         self._targets: dict[int, Tensor] = {}
@@ -96,7 +109,8 @@ class ScanCases:
         names = {str(value): name for value, name in self.labels.items()}
         predicted = label_volume(probabilities, features.z, volume, names)
         if keep and self.keep is not None:
-            self.keep(row, predicted)
+            self.keep(KeptPrediction(row, case, predicted, features.z, probabilities.argmax(1),
+                                     self._targets[row].numpy() if row in self._targets else self.slices(row)[1].numpy()))
         reference = case.reference()
         scores = segmentation_scores(predicted.labels, reference, voxel_spacing(predicted.affine), self.labels, self.tolerance)
         return np.array([[s.dice, s.hd95, s.nsd] for s in scores.values()], dtype=np.float64)

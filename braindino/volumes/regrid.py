@@ -2,7 +2,8 @@
 
 Each voxel of the source grid takes the value at its world position in the canonical volume
 (``canonical_affine^-1 @ source_affine`` maps source indices to canonical ones): linear interpolation for
-probabilities, nearest neighbour for labels. Positions outside the canonical volume take ``fill``.
+probabilities, nearest neighbour for labels. The canonical volume covers the source's field of view (at
+most half a voxel short at an edge after resampling), so positions past its edge take the edge's value.
 """
 
 from __future__ import annotations
@@ -25,19 +26,18 @@ def source_grid(volume: CanonicalVolume) -> tuple[np.ndarray, tuple[int, int, in
 
 
 def to_source_grid(values: np.ndarray, canonical_affine: np.ndarray, source_affine: np.ndarray,
-                   source_shape: tuple[int, int, int], order: int = 1, fill: float = 0.0) -> np.ndarray:
+                   source_shape: tuple[int, int, int], order: int = 1) -> np.ndarray:
     """``values`` (``[X, Y, Z]`` on the canonical grid) resampled onto the source grid (``source_shape``)."""
     if order not in (0, 1):
         raise ValueError(f"to_source_grid supports order 0 (nearest) or 1 (linear), got {order}")
     index_map = np.linalg.inv(np.asarray(canonical_affine, dtype=np.float64)) @ np.asarray(source_affine, dtype=np.float64)
     return ndimage.affine_transform(np.asarray(values, dtype=np.float32), index_map[:3, :3], offset=index_map[:3, 3],
-                                    output_shape=tuple(source_shape), order=order, mode="constant", cval=fill)
+                                    output_shape=tuple(source_shape), order=order, mode="nearest")
 
 
 def labels_to_source_grid(probabilities: np.ndarray, canonical_affine: np.ndarray, source_affine: np.ndarray,
                           source_shape: tuple[int, int, int]) -> np.ndarray:
     """A label volume on the source grid from class probabilities ``[K, X, Y, Z]`` on the canonical grid
     (class 0 is background): each class interpolated linearly, then the most probable class per voxel."""
-    mapped = np.stack([to_source_grid(p, canonical_affine, source_affine, source_shape, order=1, fill=float(k == 0))
-                       for k, p in enumerate(probabilities)])
+    mapped = np.stack([to_source_grid(p, canonical_affine, source_affine, source_shape, order=1) for p in probabilities])
     return np.argmax(mapped, axis=0).astype(np.int16)

@@ -20,7 +20,7 @@ from braindino.heads import (EmbeddingHead, EmbeddingHeadConfig, EncoderRef, Hea
                              load_head, save_head, trainable_parameters)
 from braindino.heads.training import FitSettings
 from braindino.models.vit import ViTConfig, VisionTransformer
-from braindino.volumes import PreprocessSpec, preprocess
+from braindino.volumes import PreprocessSpec, canonicalise, labels_to_source_grid, preprocess, source_grid
 from ingest.readers import ScanPayload, read_scan
 from tests.conftest import real_scan
 
@@ -91,7 +91,7 @@ def tumour_cases(encoder):
 def test_tumour_segmentation_lands_on_the_scans_own_grid_where_the_reference_is(tmp_path, tumour_cases, one_thread):
     kept = {}
     cases = ScanCases([case for _, case in tumour_cases], {0: "background", 1: "tumour"}, SPEC.slice_size, 2.0,
-                      keep=lambda row, labels: kept.setdefault(row, labels))
+                      keep=lambda kept_prediction: kept.setdefault(kept_prediction.row, kept_prediction.labels))
     task = SegmentationTask(cases, rows=2, embed_dim=64, n_blocks=2, width=64,
                             settings=FitSettings(epochs=25, learning_rates=(3e-3,), batch_size=16))
     fitted = task.fit(np.array([0]), np.array([], dtype=int), seed=0)  # trained on brain1 only
@@ -163,3 +163,16 @@ def centred(affine: np.ndarray, shape, onto) -> np.ndarray:
     centre_here = affine @ np.array([*(np.array(shape) - 1) / 2, 1.0])
     moved[:3, 3] += (centre_onto - centre_here)[:3]
     return moved
+
+
+def test_labels_return_exactly_onto_an_oblique_flipped_source_grid():
+    rng = np.random.default_rng(0)
+    labels = ndimage.median_filter(rng.integers(0, 3, size=(20, 24, 18)), size=5).astype(np.int16)
+    t = np.deg2rad(12.0)
+    rotation = np.array([[1, 0, 0, 0], [0, np.cos(t), -np.sin(t), 0], [0, np.sin(t), np.cos(t), 0], [0, 0, 0, 1]])
+    affine = rotation @ np.array([[0, 0, -1.5, 40], [-1.2, 0, 0, 30], [0, 2.0, 0, -20], [0, 0, 0, 1.0]])  # axes permuted, flipped
+    canonical = canonicalise(labels.astype(np.float32), affine)
+    assert canonical.provenance["source_orientation"] != "RAS"
+    onehot = np.stack([(canonical.data == k).astype(np.float32) for k in range(3)])
+    back = labels_to_source_grid(onehot, canonical.affine, *source_grid(canonical))
+    assert back.shape == labels.shape and np.array_equal(back, labels)
