@@ -87,7 +87,7 @@ def register(outcome: TaskOutcome, encoder, spec_digest: str, config: EvaluateCo
              uri: str) -> str:
     runner, protocol = outcome.reference[encoder.label]
     task, samples = outcome.task, outcome.samples
-    features = task_feature_spec(task, config.features.slices_per_volume, encoder.encoder.load().config.depth)
+    features = task_feature_spec(task, config.features.slices_per_volume, encoder.config.depth)
     folder = artifacts / "heads" / task.name
     spec = export_head(folder, samples, protocol.reference, encoder, features, protocol.fractions[-1])
     (folder / "task.yaml").write_text((artifacts / "tasks" / task.name / "task.yaml").read_text())
@@ -114,6 +114,9 @@ def log_results(result: EvaluationResult, artifacts: Path) -> None:
     for task, outcome in result.outcomes.items():
         for encoder, report in outcome.extraction.items():
             metrics[f"{task}/features/{slug(encoder)}/encoded_slices"] = report.encoded_slices
+        for (encoder, head), (count, share) in outcome.parameters.items():
+            metrics[f"{task}/{slug(encoder)}/{head}/trainable_parameters"] = count
+            metrics[f"{task}/{slug(encoder)}/{head}/share_of_encoder_parameters"] = share
     names = sorted(metrics)
     for start in range(0, len(names), 500):
         mlflow.log_metrics({name: metrics[name] for name in names[start:start + 500]})

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from braindino.features import Encoder
-from braindino.models.vit import VisionTransformer
+from braindino.features.encoder import read_sidecar_config
+from braindino.models.vit import ViTConfig, VisionTransformer
 from braindino.volumes import PreprocessSpec
 from pipelines.registry import PREPROCESS_FILE, WEIGHTS_FILE, FetchedEncoder, fetch_encoder
 
@@ -28,6 +30,14 @@ class EncoderUnderTest:
     encoder: FetchedEncoder
     candidate: bool
 
+    @cached_property
+    def config(self) -> ViTConfig:
+        return read_sidecar_config(self.encoder.weights)
+
+    @cached_property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in VisionTransformer(self.config).parameters())
+
 
 def describe(fetched: FetchedEncoder) -> str:
     return f"{fetched.name} v{fetched.version}" if fetched.name else Path(fetched.reference).name or fetched.reference
@@ -36,7 +46,7 @@ def describe(fetched: FetchedEncoder) -> str:
 def random_init_like(candidate: FetchedEncoder, folder: Path, seed: int = 0) -> FetchedEncoder:
     """An untrained encoder of the candidate's architecture and preprocessing, written as an export folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = candidate.load().config
+    config = read_sidecar_config(candidate.weights)
     torch.manual_seed(seed)
     Encoder(VisionTransformer(config)).save(folder / WEIGHTS_FILE)
     (folder / PREPROCESS_FILE).write_text(candidate.preprocess.to_json() + "\n")
@@ -50,7 +60,7 @@ def resolve_encoders(reference: str, baselines: list[str], tracking_uri: str, wo
     for index, baseline in enumerate(baselines):
         if baseline == RANDOM_INIT:
             fetched = random_init_like(candidate, workdir / RANDOM_INIT)
-            label = f"random-init ({candidate.load().config.size})"
+            label = f"random-init ({encoders[0].config.size})"
         else:
             fetched = fetch_encoder(baseline, tracking_uri, workdir / f"baseline{index}")
             label = describe(fetched)

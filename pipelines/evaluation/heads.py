@@ -39,7 +39,7 @@ def export_head(folder: Path, samples: TaskSamples, fitted: Fitted, encoder: Enc
     """Write the head trained on every training subject (seed 0, fold 0) as an export folder."""
     task, fetched = samples.task, encoder.encoder
     module = fitted.model.cpu()
-    encoder_parameters = sum(p.numel() for p in fetched.load().parameters())
+    encoder_parameters = encoder.parameters
     spec = HeadSpec(
         task=task.name, family=task.family, kind=task.kind, architecture=architecture_of(module), features=features,
         output=output_spec(samples, fitted), encoder=EncoderRef(fetched.name, fetched.version, fetched.weights_sha256),

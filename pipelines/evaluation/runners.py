@@ -113,6 +113,6 @@ def segmentation_runner(samples: TaskSamples, cache: FeatureCache, encoder: Enco
     cases = ScanCases(loaders, masks.label_values(), preprocess.slice_size, masks.tolerance_mm, keep)
     first = loaders[0].features()
     segmentation = SegmentationTask(cases, len(loaders), first.blocks.shape[-1], first.blocks.shape[1],
-                                    encoder.encoder.load().config.patch_size, task.head.width,
+                                    encoder.config.patch_size, task.head.width,
                                     task.head.fit_settings(), device)
     return Runner("decoder", segmentation, samples.subjects, None, 1)

@@ -13,11 +13,13 @@ from typing import Callable
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from braindino.evaluation.protocol import ProtocolResult, run_protocol
 from braindino.evaluation.segmentation_task import KeptPrediction
 from braindino.evaluation.splits import SubjectSplit
 from braindino.features import masked_mean, volume_input
+from braindino.heads import trainable_parameters
 from pipelines.evaluation.config import EvaluateConfig, TaskSpec
 from pipelines.evaluation.data import TaskSamples, load_samples, task_split
 from pipelines.evaluation.encoders import EncoderUnderTest, check_preprocess
@@ -35,6 +37,7 @@ class TaskOutcome:
     split_reused: bool
     rows: list[ResultRow] = field(default_factory=list)
     extraction: dict[str, ExtractionReport] = field(default_factory=dict)  # encoder label -> report
+    parameters: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # (encoder, head) -> count, share
     reference: dict[str, tuple[Runner, ProtocolResult]] = field(default_factory=dict)  # candidate's trained head
 
 
@@ -73,12 +76,13 @@ def evaluate_task(task: TaskSpec, task_file: str, config: EvaluateConfig, encode
     fractions = config.protocol.fractions or task.fractions
     for encoder in encoders:
         check_preprocess(encoder, samples.manifest_root, samples.preprocess)
-        spec = task_feature_spec(task, config.features.slices_per_volume, encoder.encoder.load().config.depth)
+        spec = task_feature_spec(task, config.features.slices_per_volume, encoder.config.depth)
         cache, report = extract_features(samples.scans, encoder.encoder, spec, config.features, samples.manifest_root,
                                          config.storage)
         outcome.extraction[encoder.label] = report
         log(f"[evaluate]   {encoder.label}: features of {report.scans} scans, {report.cached} from the cache, "
             f"{report.encoded_scans} encoded ({report.encoded_slices} slices, {report.seconds:.1f} s)")
+        encoder_parameters = encoder.parameters
         where = folder / slug(encoder.label)
         where.mkdir(exist_ok=True)
         runners = task_runners(samples, cache, encoder, config, device, where)
@@ -87,8 +91,13 @@ def evaluate_task(task: TaskSpec, task_file: str, config: EvaluateConfig, encode
                                   runner.minimum, config.protocol.resamples, config.protocol.confidence)
             outcome.rows += result_rows(task, encoder.label, runner.head, result)
             best = result.fractions[-1]
+            trained = isinstance(result.reference.model, torch.nn.Module)
+            if trained:
+                count = trainable_parameters(result.reference.model)
+                outcome.parameters[(encoder.label, runner.head)] = (count, count / encoder_parameters)
             log(f"[evaluate]   {encoder.label} / {runner.head}: {task.primary_metric} {best.metrics[task.primary_metric]:.3f} "
-                f"[{best.interval.low:.3f}, {best.interval.high:.3f}] at {best.fraction:.0%} of the labels")
+                f"[{best.interval.low:.3f}, {best.interval.high:.3f}] at {best.fraction:.0%} of the labels"
+                + (f"; {count:,} trainable parameters, {100 * count / encoder_parameters:.2f} % of the encoder's" if trained else ""))
             if task.kind == "survival":
                 targets = samples.targets
                 time = np.array([targets[i][0] for i in result.test_rows])
