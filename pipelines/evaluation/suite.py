@@ -18,7 +18,7 @@ import torch
 from braindino.evaluation.protocol import ProtocolResult, run_protocol
 from braindino.evaluation.segmentation_task import KeptPrediction
 from braindino.evaluation.splits import SubjectSplit
-from braindino.features import masked_mean, volume_input
+from braindino.features import volume_input
 from braindino.heads import trainable_parameters
 from pipelines.evaluation.config import EvaluateConfig, TaskSpec
 from pipelines.evaluation.data import TaskSamples, load_samples, task_split
@@ -116,8 +116,8 @@ def task_runners(samples: TaskSamples, cache: FeatureCache, encoder: EncoderUnde
     if task.kind == "segmentation":
         return [segmentation_runner(samples, cache, encoder, config, device, keep_prediction(samples, encoder, where))]
     rows = embedding_rows(samples, cache, task.head.tokens)
-    per_scan = np.array([masked_mean(rows.embeddings[rows.scan_of_row == i], rows.mask[rows.scan_of_row == i]).mean(0).numpy()
-                         for i in range(len(samples.scans))])
+    vectors = rows.volume_embeddings()
+    per_scan = np.stack([vectors[rows.scan_of_row == i].mean(0).numpy() for i in range(len(samples.scans))])
     labels = [samples.classes[t] if task.kind == "classification" else (f"event={t[1]}" if task.kind == "survival" else
               "n/a" if t is None else f"{t:.3g}") for t in samples.targets]
     (where / "projection.png").write_bytes(projection_figure(

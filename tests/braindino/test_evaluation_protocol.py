@@ -12,15 +12,6 @@ from braindino.evaluation.tasks import EmbeddingTask
 from braindino.heads.training import FitSettings
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny heads train fastest on one thread (and two threads thrash on a shared two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("folds", [0, 2, 4])
 def test_a_subject_under_two_scan_ids_never_sits_on_both_sides(folds):
     scans = {f"scan-{i}": f"subject-{i % 9}" for i in range(18)}  # every subject has two scan ids

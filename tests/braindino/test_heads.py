@@ -27,14 +27,6 @@ from tests.conftest import real_scan
 SPEC = PreprocessSpec(spacing=(3.0, 3.0, 3.0), slice_size=80)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
     torch.manual_seed(0)
