@@ -82,32 +82,35 @@ def evaluate_task(task: TaskSpec, task_file: str, config: EvaluateConfig, encode
         outcome.extraction[encoder.label] = report
         log(f"[evaluate]   {encoder.label}: features of {report.scans} scans, {report.cached} from the cache, "
             f"{report.encoded_scans} encoded ({report.encoded_slices} slices, {report.seconds:.1f} s)")
-        encoder_parameters = encoder.parameters
         where = folder / slug(encoder.label)
         where.mkdir(exist_ok=True)
-        runners = task_runners(samples, cache, encoder, config, device, where)
-        for runner in runners:
+        for runner in task_runners(samples, cache, encoder, config, device, where):
             result = run_protocol(runner.task, runner.subjects, split, fractions, config.protocol.seeds, runner.strata,
                                   runner.minimum, config.protocol.resamples, config.protocol.confidence)
-            outcome.rows += result_rows(task, encoder.label, runner.head, result)
-            best = result.fractions[-1]
-            trained = isinstance(result.reference.model, torch.nn.Module)
-            if trained:
-                count = trainable_parameters(result.reference.model)
-                outcome.parameters[(encoder.label, runner.head)] = (count, count / encoder_parameters)
-            log(f"[evaluate]   {encoder.label} / {runner.head}: {task.primary_metric} {best.metrics[task.primary_metric]:.3f} "
-                f"[{best.interval.low:.3f}, {best.interval.high:.3f}] at {best.fraction:.0%} of the labels"
-                + (f"; {count:,} trainable parameters, {100 * count / encoder_parameters:.2f} % of the encoder's" if trained else ""))
-            if task.kind == "survival":
-                targets = samples.targets
-                time = np.array([targets[i][0] for i in result.test_rows])
-                event = np.array([targets[i][1] for i in result.test_rows], dtype=bool)
-                (where / f"kaplan_meier_{runner.head}.png").write_bytes(kaplan_meier_figure(
-                    time, event, result.test_outputs[:, 1].astype(bool), f"{task.name} / {encoder.label}"))
-            if encoder.candidate and not runner.head.startswith("knn"):
-                outcome.reference[encoder.label] = (runner, result)
+            record(outcome, encoder, runner, result, where, log)
     (folder / "curves.png").write_bytes(label_efficiency_figure(outcome.rows, task.name))
     return outcome
+
+
+def record(outcome: TaskOutcome, encoder: EncoderUnderTest, runner: Runner, result: ProtocolResult, where: Path,
+           log: Callable[[str], None]) -> None:
+    """Rows, parameter counts and the log line of one head; its Kaplan-Meier plot; the candidate's trained head."""
+    task = outcome.task
+    outcome.rows += result_rows(task, encoder.label, runner.head, result)
+    best = result.fractions[-1]
+    line = (f"[evaluate]   {encoder.label} / {runner.head}: {task.primary_metric} {best.metrics[task.primary_metric]:.3f} "
+            f"[{best.interval.low:.3f}, {best.interval.high:.3f}] at {best.fraction:.0%} of the labels")
+    if isinstance(result.reference.model, torch.nn.Module):
+        count = trainable_parameters(result.reference.model)
+        outcome.parameters[(encoder.label, runner.head)] = (count, count / encoder.parameters)
+        line += f"; {count:,} trainable parameters, {100 * count / encoder.parameters:.2f} % of the encoder's"
+        if encoder.candidate:
+            outcome.reference[encoder.label] = (runner, result)
+    log(line)
+    if task.kind == "survival":
+        time, event = (np.array([outcome.samples.targets[i][k] for i in result.test_rows]) for k in (0, 1))
+        (where / f"kaplan_meier_{runner.head}.png").write_bytes(kaplan_meier_figure(
+            time, event.astype(bool), result.test_outputs[:, 1].astype(bool), f"{task.name} / {encoder.label}"))
 
 
 def task_runners(samples: TaskSamples, cache: FeatureCache, encoder: EncoderUnderTest, config: EvaluateConfig,
