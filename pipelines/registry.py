@@ -109,7 +109,7 @@ def download_version(reference: str, tracking_uri: str, dest: str | Path | None,
         raise RegistryError(f"{reference} names no registered version at {tracking_uri}: {err.message}") from None
     target = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="braindino-model-"))
     mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=str(target),
-                                        tracking_uri=tracking_uri)
+                                        tracking_uri=tracking_uri, registry_uri=tracking_uri)
     directory = export_folder(target, reference, weights, beside)
     digest = sha256_file(directory / weights)
     recorded = version.tags.get(DIGEST_TAG)

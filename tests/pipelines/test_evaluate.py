@@ -140,10 +140,11 @@ def test_the_suite_reports_each_task_encoder_and_fraction_in_mlflow(first_run):
     assert image.shape in {(256, 256, 25), (256, 256, 23)}  # the NRRD grids the scans came in on
 
 
-def test_heads_are_registered_with_their_encoder_task_and_split(first_run, candidate):
+def test_heads_are_registered_with_their_encoder_task_and_split(first_run, candidate, tmp_path):
     from pipelines.registry import RegistryError, fetch_head, sha256_file
 
     result, local, _ = first_run
+    mlflow.set_tracking_uri(tmp_path.as_uri())  # elsewhere: fetching must follow the tracking URI it is given
     client = MlflowClient(local.tracking_uri)
     digest = sha256_file(candidate / "encoder.safetensors")
     assert set(result.heads) == {"bundled-sequence", "bundled-axial-position", "bundled-tumour"}
@@ -160,6 +161,7 @@ def test_heads_are_registered_with_their_encoder_task_and_split(first_run, candi
         fetch_head("models:/braindino-head-bundled-sequence@candidate", local.tracking_uri, encoder_sha256="0" * 64)
     tumour = fetch_head("models:/braindino-head-bundled-tumour@candidate", local.tracking_uri, encoder_sha256=digest)
     assert tumour.spec.kind == "segmentation" and tumour.spec.features.slices_per_volume == 0
+    mlflow.set_tracking_uri(local.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/braindino-head-bundled-sequence@candidate")  # models from code
     slices = np.random.default_rng(0).normal(size=(2, 5, 128)).astype(np.float32)
     with torch.no_grad():
