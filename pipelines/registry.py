@@ -108,8 +108,10 @@ def download_version(reference: str, tracking_uri: str, dest: str | Path | None,
     except MlflowException as err:
         raise RegistryError(f"{reference} names no registered version at {tracking_uri}: {err.message}") from None
     target = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="braindino-model-"))
-    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=str(target),
-                                        tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # The version's own artifact location, not a models:/ URI: MLflow resolves models:/ against the process's
+    # global registry URI whatever it is told, and a job need not have one.
+    location = client.get_model_version_download_uri(name, version.version)
+    mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(target), tracking_uri=tracking_uri)
     directory = export_folder(target, reference, weights, beside)
     digest = sha256_file(directory / weights)
     recorded = version.tags.get(DIGEST_TAG)
