@@ -132,7 +132,7 @@ class Commit:
     version: int
     run_id: str
     tables: dict[str, str]  # table name -> Parquet path relative to the root
-    datasets: dict[str, dict[str, str]]  # name -> {"licence", "citation"}
+    datasets: dict[str, dict[str, str]]  # name -> {"licence", "citation", "source" (where its raw scans are)}
     preprocess: dict[str, Any]
     committed_at: str
     schema_version: int = MANIFEST_VERSION
@@ -161,7 +161,7 @@ class Manifest:
     scans: pa.Table
     slices: pa.Table
     labels: pa.Table
-    datasets: dict[str, dict[str, str]]  # name -> {"licence", "citation"}
+    datasets: dict[str, dict[str, str]]  # name -> {"licence", "citation", "source" (where its raw scans are)}
     preprocess: dict[str, Any] | None = None  # the PreprocessSpec every slice was made with (None for version 0)
 
     @classmethod
@@ -235,7 +235,7 @@ class ManifestStore:
                preprocess: dict[str, Any]) -> int:
         """Make a run's tables current by writing the next version file; refuses if another run committed.
 
-        ``datasets`` (name -> licence and citation) is merged into the previous version's; ``preprocess``
+        ``datasets`` (name -> licence, citation and source) is merged into the previous version's; ``preprocess``
         is the spec the run's slices were made with (the same for every run of one root).
         """
         return self.append(Commit(previous.version + 1, run_id, tables, {**previous.datasets, **datasets},

@@ -24,7 +24,12 @@ ZARR_FOLDER = "zarr"
 
 def open_root(output: str, storage: ObjectStoreConfig, mode: str = "a") -> zarr.Group:
     """The root group of the volume store under ``output`` (``s3://bucket/prefix`` or a local folder)."""
-    store = storage.zarr_store(f"{output.rstrip('/')}/{ZARR_FOLDER}", read_only=mode == "r")
+    return open_store(f"{output.rstrip('/')}/{ZARR_FOLDER}", storage, mode)
+
+
+def open_store(url: str, storage: ObjectStoreConfig, mode: str = "a") -> zarr.Group:
+    """The zarr group at ``url`` (``s3://bucket/prefix`` through s3fs, or a local folder)."""
+    store = storage.zarr_store(url, read_only=mode == "r")
     return zarr.open_group(store=store, mode=mode)
 
 
@@ -70,3 +75,11 @@ def read_axial_slice(root: zarr.Group, zarr_path: str, z: int) -> np.ndarray:
 def volume_attrs(root: zarr.Group, zarr_path: str) -> dict[str, Any]:
     """The attributes stored beside a volume (geometry, provenance, pseudonyms)."""
     return dict(stored_array(root, zarr_path).attrs)
+
+
+def read_volume(root: zarr.Group, zarr_path: str) -> CanonicalVolume:
+    """A stored volume back as a ``CanonicalVolume`` (voxels, affine, provenance: as ``write_volume`` stored them)."""
+    array = stored_array(root, zarr_path)
+    attrs = dict(array.attrs)
+    return CanonicalVolume(data=np.asfortranarray(array[...], dtype=np.float32), affine=np.asarray(attrs["affine"], dtype=float),
+                           spacing=tuple(attrs["spacing"]), provenance=dict(attrs.get("provenance", {})))

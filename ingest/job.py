@@ -63,7 +63,7 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     tasks, listed = plan_tasks(specs, settings.storage, previous)
     report = IngestReport(run_id, previous.version, committed=False, scans_seen=sum(listed.values()))
     labels = next_labels(previous, label_rows(specs, settings.storage))
-    licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
+    licences = {s.name: {"licence": s.licence, "citation": s.citation, "source": s.source} for s in specs}
     if not tasks and same_rows(labels, previous.labels) and all(previous.datasets.get(n) == v for n, v in licences.items()):
         report.seconds = time.monotonic() - started
         return report
