@@ -95,8 +95,9 @@ def fetch_encoder(reference: str, tracking_uri: str, dest: str | Path | None = N
     except MlflowException as err:
         raise RegistryError(f"{reference} names no registered version at {tracking_uri}: {err.message}") from None
     target = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="braindino-encoder-"))
-    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=str(target),
-                                        tracking_uri=tracking_uri)
+    # the version's own artifact location: a models:/ URI would be resolved against the process-wide registry
+    source = client.get_model_version_download_uri(name, version.version)
+    mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target), tracking_uri=tracking_uri)
     directory = export_folder(target, reference)
     digest = sha256_file(directory / WEIGHTS_FILE)
     recorded = version.tags.get(DIGEST_TAG)
