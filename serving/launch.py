@@ -1,0 +1,85 @@
+"""``braindino serve``: run the service on this machine's Ray (or the cluster in $RAY_ADDRESS) until interrupted.
+
+    braindino serve                                   # models:/braindino-encoder@champion on 127.0.0.1:8000
+    braindino serve --set encoder.model=models:/braindino-encoder@candidate --set http.port=8080
+
+The defaults are the ones the Serve config in configs/serve/ carries; ``--set`` changes any of them
+(``--print-config`` lists them). The encoder takes one whole GPU when this machine has one. The bearer
+token comes from $BRAINDINO_SERVE_TOKEN or $BRAINDINO_SERVE_TOKEN_FILE; on a local Ray without either,
+one is generated and printed. Stop with Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field, replace
+
+from serving.auth import TOKEN_ENV, TOKEN_FILE_ENV
+from serving.settings import EncoderSettings, IngressSettings
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    host: str = "127.0.0.1"  # 0.0.0.0 to listen on every interface
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class ServeJobConfig:
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    ingress: IngressSettings = field(default_factory=IngressSettings)
+    http: HttpOptions = field(default_factory=HttpOptions)
+    encoder_gpus: int = -1  # whole GPUs for the encoder: -1 takes one when this machine has one, else 0
+
+
+def ensure_token() -> None:
+    """A token for a local run: keep the configured one, else generate one (replicas inherit the environment)."""
+    if os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_FILE_ENV):
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        sys.exit(f"set {TOKEN_ENV} (or {TOKEN_FILE_ENV}) in the cluster's environment and in this shell: "
+                 "the Serve replicas read it there")
+    os.environ[TOKEN_ENV] = secrets.token_urlsafe(32)
+    print(f"[serve] no token configured; this run accepts: export {TOKEN_ENV}={os.environ[TOKEN_ENV]}")
+
+
+def encoder_gpus(config: ServeJobConfig) -> int:
+    if config.encoder_gpus >= 0:
+        return config.encoder_gpus
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
+
+
+def run(config: ServeJobConfig) -> None:
+    from ray import serve
+
+    from pipelines.jobs import connect_ray
+    from serving.app import APP_NAME, build_app
+
+    ensure_token()
+    connect_ray()
+    encoder = replace(config.encoder, tracking_uri=config.encoder.resolved_tracking_uri())
+    gpus = encoder_gpus(config)
+    serve.start(http_options={"host": config.http.host, "port": config.http.port})
+    serve.run(build_app(encoder, config.ingress, encoder_options={"ray_actor_options": {"num_cpus": 1, "num_gpus": gpus}}),
+              name=APP_NAME, route_prefix="/")
+    url = f"http://{config.http.host}:{config.http.port}"
+    print(f"[serve] {encoder.model} on {'1 GPU' if gpus else 'CPU'}; API at {url}/v1, OpenAPI at {url}/openapi.json")
+    print(f"[serve] try: braindino embed SCAN.nii.gz --url {url}   (Ctrl-C stops)", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("[serve] shutting down")
+    serve.shutdown()
+
+
+def main(argv=None) -> None:
+    from pipelines.jobs import run_job
+
+    run_job("braindino serve", __doc__, ServeJobConfig, run, argv)
