@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from infra.local.bundled import missing_entries, upload_bundled
 from infra.local.services import LocalStack, create_bucket, local_ray_head, local_stack
 from pipelines.ingest import IngestConfig
 from pipelines.jobs import run_job, submit_job
+from serving.auth import TOKEN_ENV
 
 
 @dataclass(frozen=True)
@@ -24,12 +26,15 @@ class DemoConfig:
     })
     ingest_config: Path = Path("configs/ingest.yaml")  # its datasets: configs/datasets/<name>.yaml
     pretrain_config: Path = Path("configs/pretrain/tiny-cpu.yaml")  # both stages, a few minutes on two cores
+    serve_config: Path = Path("configs/serve/braindino.yaml")  # deployed with the new encoder, then sent serve_scan
+    serve_scan: str = "icbm2009c_t1"
 
 
 def run(config: DemoConfig) -> None:
     for item in missing_entries(config.datasets):
         print(f"[demo] skipping {item.name}: its source is not installed ({item.install_hint})")
     os.environ.setdefault("BRAINDINO_ENV", "dev")  # the public dev pseudonym key unless a real one is set
+    os.environ.setdefault(TOKEN_ENV, secrets.token_urlsafe(24))  # the service's API token; the Ray head inherits it
     with local_stack(config.workdir) as stack:  # the stack puts its S3 keys in the environment
         print(f"[demo] S3 on {stack.store.endpoint_url}; MLflow at {stack.mlflow.tracking_uri}")
         create_bucket(stack.store, config.bucket)
@@ -41,6 +46,7 @@ def run(config: DemoConfig) -> None:
             print(f"[demo] Ray head: dashboard and job API at {address}")
             run_ingest_stage(config, stack, address)
             run_pretrain_stage(config, stack, address)
+            run_serve_stage(config, stack, address)
         print(f"[demo] MLflow UI: {stack.mlflow.ui_command()}")
 
 
@@ -77,6 +83,48 @@ def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
     print("[demo]   metrics (loss terms, lr, feature std, images/s, knn_probe_accuracy), artifacts pca/*.png")
     print("[demo] encoder registered as models:/braindino-encoder@candidate; promote with "
           "'braindino register promote --version N'")
+
+
+def run_serve_stage(config: DemoConfig, stack: LocalStack, address: str) -> None:
+    """``serve deploy`` the Serve config with the encoder just registered (@candidate: promotion to champion stays
+    a decision for a person), send it a real scan, print the answer's shape and versions, shut the service down."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from braindino.catalogue import entry
+    from infra.local.services import free_port
+    from serving.client import Client
+
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    cli_env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}  # the head runs without Ray auth
+    deployed = yaml.safe_load(config.serve_config.read_text())
+    port = free_port()
+    deployed["http_options"] = {"host": "127.0.0.1", "port": port}
+    for deployment in deployed["applications"][0]["deployments"]:
+        if deployment["name"] == "Encoder":
+            deployment["user_config"].update(model="models:/braindino-encoder@candidate",
+                                             tracking_uri=stack.mlflow.tracking_uri)
+    target = (config.workdir / "serve.yaml").resolve()
+    target.write_text(yaml.safe_dump(deployed, sort_keys=False))
+    print(f"[demo] serve deploy {config.serve_config} with models:/braindino-encoder@candidate (written to {target})")
+    subprocess.run([serve_cli, "deploy", str(target), "--address", address], check=True, env=cli_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client = Client(url, os.environ[TOKEN_ENV])
+        client.wait_ready(timeout_s=300)
+        scan = entry(config.serve_scan).path
+        answer = client.embed(scan, per_slice=True)
+        encoder = answer["encoder"]
+        print(f"[demo] POST {url}/v1/embed {scan.name}: embedding of {answer['dim']} values from "
+              f"{answer['input']['slices']} slices of the {answer['input']['format']} volume "
+              f"{answer['input']['canonical_shape']}; {encoder['name']} version {encoder['version']} "
+              f"(weights sha256 {encoder['weights_sha256'][:16]}...)")
+        print(f"[demo]   the same from a shell: {TOKEN_ENV}=... braindino embed SCAN --url {url}")
+    finally:
+        subprocess.run([serve_cli, "shutdown", "-y", "--address", address], check=False, env=cli_env)
+        print("[demo] service shut down")
 
 
 def main(argv=None) -> None:

@@ -85,7 +85,7 @@ class Client:
                 response = requests.get(f"{self.url}/readyz", timeout=10)
                 if response.status_code == 200:
                     return response.json()
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.url} was not ready within {timeout_s:.0f} s")
