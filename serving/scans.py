@@ -87,4 +87,6 @@ def rejection(reason: str, detail: str) -> ApiError:
     """415 for bytes that are no scan format at all, 422 for a scan that cannot be used."""
     if reason == "bad_magic":
         return ApiError(415, reason, f"{detail}. Accepted: {ACCEPTED}")
+    if reason == "unsupported_4d":
+        detail += " (for this service: the Ingress user_config four_d)"
     return ApiError(422, reason, detail)
