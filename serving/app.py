@@ -30,4 +30,7 @@ def build_app(encoder: EncoderSettings | None = None, ingress: IngressSettings |
 
 
 app = build_app()
-gpu_app = build_app(encoder_options={"ray_actor_options": {"num_cpus": 1, "num_gpus": 1}})
+# On a GPU a forward pass should span the whole batch of requests (8 x 64 slices), or batching gains nothing.
+gpu_app = build_app(EncoderSettings(max_batch_size=16, forward_batch_size=1024),
+                    encoder_options={"ray_actor_options": {"num_cpus": 1, "num_gpus": 1}, "max_ongoing_requests": 32},
+                    ingress_options={"max_ongoing_requests": 32})
