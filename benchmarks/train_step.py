@@ -30,8 +30,10 @@ import torch.distributed as dist
 
 from braindino.config import load_config
 from pipelines.train.config import PretrainConfig
-from pipelines.train.data import DataPosition, build_dataset, shard_index, with_augmentation, worker_batches
+from pipelines.train.checkpoint import DataPosition
+from pipelines.train.data import build_dataset, shard_index, with_augmentation, worker_batches
 from pipelines.train.loop import StagePlan, StageTrainer
+from pipelines.train.monitor import ThroughputWindow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,20 +58,18 @@ def memory_dataset(config: PretrainConfig):
 def measure(config: PretrainConfig, dataset, steps: int, warmup: int) -> dict:
     spec = config.stage1
     trainer = StageTrainer(StagePlan(config, "stage1", run_id="", tracking_uri=""), torch.device("cpu"), 0, 1)
-    position = DataPosition()
-    batches = worker_batches(dataset.iterator(), config, spec, position)
+    batches = worker_batches(dataset.iterator(), config, spec, DataPosition())
     maker = trainer.batch_maker()
     for step in range(warmup):
         trainer.train_step(maker(next(batches)), step)
-    wait0, start = position.wait_seconds, time.perf_counter()
+    window = ThroughputWindow(spec.batch_size_per_worker, trainer.tokens_per_image)
+    start = time.perf_counter()
     for step in range(warmup, warmup + steps):
-        trainer.train_step(maker(next(batches)), step)
-    elapsed = time.perf_counter() - start
-    crops = spec.crops
-    tokens = crops.n_global * (crops.global_size // 16) ** 2 + crops.n_local * (crops.local_size // 16) ** 2
-    images = steps * spec.batch_size_per_worker
-    return {"images_per_s": images / elapsed, "tokens_per_s": images * tokens / elapsed,
-            "step_s": elapsed / steps, "data_wait_fraction": (position.wait_seconds - wait0) / elapsed}
+        waiting = time.perf_counter()
+        raw = next(batches)
+        window.add_step(time.perf_counter() - waiting)
+        trainer.train_step(maker(raw), step)
+    return {**window.read(), "step_s": (time.perf_counter() - start) / steps}
 
 
 def main() -> None:

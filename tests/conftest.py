@@ -61,6 +61,15 @@ def mlflow_local(tmp_path) -> LocalMlflow:
     mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture
+def gloo_rank():
+    """A one-rank gloo process group for the test (collectives and DTensors without spawning)."""
+    from tests.distributed import one_rank_group
+
+    with one_rank_group():
+        yield
+
+
 def real_scan(name: str) -> CatalogueEntry:
     """The catalogue entry, or skip the test when its package is not installed here."""
     item = entry(name)

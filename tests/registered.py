@@ -8,11 +8,9 @@ differs from its initialisation; ``register_tiny_encoder`` exports and registers
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from braindino.config import load_config
 from braindino.ssl import SelfDistillation
@@ -22,6 +20,7 @@ from pipelines.register import register_run
 from pipelines.train.checkpoint import TrainState, save_checkpoint
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import ShardIndex
+from tests.distributed import one_rank_group
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny-cpu.yaml"
 EXPERIMENT = "braindino-pretrain"
@@ -29,11 +28,7 @@ EXPERIMENT = "braindino-pretrain"
 
 def tiny_teacher_checkpoint(directory: Path, seed: int = 0) -> tuple[PretrainConfig, Path, dict[str, torch.Tensor]]:
     """``(config, checkpoint directory, teacher backbone state)`` of a perturbed tiny model."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
+    with one_rank_group():
         config = load_config(PretrainConfig, TINY)
         torch.manual_seed(seed)
         model = SelfDistillation(config.model)
@@ -42,8 +37,6 @@ def tiny_teacher_checkpoint(directory: Path, seed: int = 0) -> tuple[PretrainCon
                 p.add_(0.05 * torch.randn_like(p))
         save_checkpoint(directory, model, None, TrainState(stage="stage2", step=42))
         teacher = {k: v.clone() for k, v in model.teacher.backbone.state_dict().items()}
-    finally:
-        dist.destroy_process_group()
     return config, directory, teacher
 
 

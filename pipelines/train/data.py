@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropBatch
 from braindino.ssl.masking import BlockMaskGenerator
 from ingest.manifest import ManifestStore
 from ingest.storage import ObjectStoreConfig
+from pipelines.train.checkpoint import DataPosition
 from pipelines.train.config import PretrainConfig, StageConfig
 
 
@@ -107,7 +107,7 @@ def build_dataset(index: ShardIndex, config: PretrainConfig, stage: StageConfig)
     ds = ray.data.read_webdataset(list(index.shards), filesystem=fs).randomize_block_order()
     if index.inactive_keys:  # samples of superseded scans share shards with active ones
         ds = ds.map_batches(_drop_keys, fn_args=(sorted(index.inactive_keys),), batch_format="numpy")
-    ds = (ds.select_columns(["npy"])  # __key__/__url__ are strings torch cannot batch (platform notes F8)
+    ds = (ds.select_columns(["npy"])  # __key__/__url__ are string columns that torch cannot batch
           .map_batches(_decode, batch_format="numpy"))
     return with_augmentation(ds, config, stage)
 
@@ -153,21 +153,11 @@ def _view_major(views: torch.Tensor) -> torch.Tensor:
     return views.transpose(0, 1).reshape(count * batch, 1, height, width)
 
 
-@dataclass
-class DataPosition:
-    """Where the worker is in the stream; saved in every checkpoint."""
-
-    data_epoch: int = 0
-    batches_in_epoch: int = 0
-    samples_seen: int = 0
-    wait_seconds: float = 0.0
-
-
 def worker_batches(shard, config: PretrainConfig, stage: StageConfig, position: DataPosition) -> Iterator[dict]:
     """Endless raw batches from this worker's dataset shard, advancing ``position``.
 
     On resume the first pass skips the batches already consumed in that pass, so the run continues
-    in the data instead of restarting it. ``position.wait_seconds`` accumulates time blocked on data.
+    in the data instead of restarting it.
     """
     skip = position.batches_in_epoch
     while True:
@@ -180,12 +170,10 @@ def worker_batches(shard, config: PretrainConfig, stage: StageConfig, position: 
         produced = 0
         iterator = iter(batches)
         while True:
-            start = time.perf_counter()
             try:
                 batch = next(iterator)
             except StopIteration:
                 break
-            position.wait_seconds += time.perf_counter() - start
             produced += 1
             if skip:
                 skip -= 1

@@ -75,7 +75,24 @@ def test_fault_restarts_workers_and_training_continues_from_the_last_checkpoint(
     assert max(steps) == STAGE1 + STAGE2 - 1
     state = json.loads((Path(trained["result"].checkpoints["stage2"]) / "train_state.json").read_text())
     assert state["step"] == STAGE1 + STAGE2 and state["stage"] == "stage2" and state["world_size"] == 2
-    assert state["samples_seen"] > 0 and state["mlflow_run_id"] == trained["result"].run_id
+    assert state["data"]["samples_seen"] > 0 and state["mlflow_run_id"] == trained["result"].run_id
+
+
+def test_each_stage_logs_its_own_schedules_on_one_step_axis(trained):
+    """Both stages' curves live in the one run; each stage's values restart from its own schedules."""
+    config = trained["config"]
+    stage2_start = config.first_step("stage2")
+    for stage in config.stages():
+        schedules, first = config.stage_schedules(stage), config.first_step(stage)
+        logged = {name: [(s, v) for s, v in _history(trained, name) if first <= s < first + config.stage(stage).iterations]
+                  for name in ("lr", "weight_decay", "momentum", "teacher_temp")}
+        assert all(logged.values()), f"{stage}: a schedule was never logged"
+        for name, history in logged.items():
+            for step, value in history:
+                assert value == pytest.approx(getattr(schedules.at(step - first), name), rel=1e-6), (stage, name, step)
+    stage2 = [v for s, v in _history(trained, "teacher_temp") if s >= stage2_start]
+    assert stage2 and all(v == pytest.approx(0.07) for v in stage2)
+    assert all(v == pytest.approx(0.999) for s, v in _history(trained, "momentum") if s >= stage2_start)
 
 
 def test_loss_falls_and_features_do_not_collapse(trained):
