@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import nrrd
 import numpy as np
+import pydicom
 import pytest
 import requests
 import torch
@@ -55,6 +57,26 @@ def post(service, name: str, raw: bytes, route: str = "/v1/embed", **params) -> 
 
 def replica_actors(ray) -> set[str]:
     return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "braindino#" in a["name"]}
+
+
+def ingress_deleted_files() -> list[str]:
+    """Files the ingress replica holds open although they were deleted (leaked upload temporaries)."""
+    processes, leaked = 0, []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and "ServeReplica:braindino:Ingress" in (proc / "cmdline").read_text():
+                processes += 1
+                leaked += [target for fd in (proc / "fd").iterdir() if (target := os.readlink(fd)).endswith("(deleted)")]
+        except OSError:
+            continue
+    assert processes == 1, f"found {processes} ingress replica processes"
+    return leaked
+
+
+def serve_logs(ray) -> str:
+    """Every Serve log of this session (controller, proxy, replicas)."""
+    folder = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    return "".join(path.read_text(errors="replace") for path in folder.glob("*.log"))
 
 
 def test_embedding_of_a_real_scan_equals_the_offline_encoder_and_names_its_version(service, offline_encoder):
@@ -115,9 +137,18 @@ def zipped(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_zip_of_one_dicom_series_is_embedded(service):
-    mosaic = real_scan("heudiconv_mosaic").path
-    response = post(service, f"{IDENTIFYING_NAME}.zip", zipped({f"{IDENTIFYING_NAME}/IM0001": mosaic.read_bytes()}))
+def with_patient(path: Path, name: str) -> bytes:
+    """The DICOM file with ``name`` as its patient's name and ID."""
+    dataset = pydicom.dcmread(path)
+    dataset.PatientName = dataset.PatientID = name
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+def test_a_zip_of_one_dicom_series_is_embedded_without_its_identifiers(service):
+    mosaic = with_patient(real_scan("heudiconv_mosaic").path, IDENTIFYING_NAME)
+    response = post(service, f"{IDENTIFYING_NAME}.zip", zipped({f"{IDENTIFYING_NAME}/IM0001": mosaic}))
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["input"]["format"] == "dicom" and len(answer["embedding"]) == answer["dim"]
@@ -170,6 +201,8 @@ def test_bad_inputs_get_a_4xx_naming_the_reason_and_the_service_keeps_answering(
     assert "tokens" in bad_option.json()["detail"]
     assert post(service, "ch2.nii.gz", colin).status_code == 200
     assert replica_actors(ray_session) == before  # no replica died or was replaced
+    assert ingress_deleted_files() == []  # spooled uploads were closed, which removes them
+    assert IDENTIFYING_NAME not in serve_logs(ray_session)
 
 
 def test_eight_concurrent_requests_with_one_bad_input_give_seven_answers(service):
@@ -207,6 +240,7 @@ def test_an_upload_over_the_limit_gets_413(service):
     streamed = requests.post(f"{service.url}/v1/embed", data=chunks(), timeout=60,
                              headers={**service.auth, "Content-Type": "multipart/form-data; boundary=b"})
     assert streamed.status_code == 413 and streamed.json()["error"] == "upload_too_large"
+    assert ingress_deleted_files() == []
 
 
 def test_models_lists_the_encoder_with_its_registry_version_and_preprocessing(service):
