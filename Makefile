@@ -7,9 +7,15 @@ SHELL := /bin/bash
 QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-data.txt | cksum | cut -d' ' -f1)
 
+# Real tumour cases that only the pyradiomics 3.0.1 sdist ships (its data/ folder): fetched once with pip at
+# install time (never at test time) into the venv, where braindino/catalogue.py finds them.
+BUNDLED := $(VENV)/share/braindino-data
+PYRADIOMICS_SDIST := pyradiomics==3.0.1
+PYRADIOMICS_FILES := brain1_image.nrrd brain1_label.nrrd brain2_image.nrrd brain2_label.nrrd
+
 .PHONY: demo test install debian-data clean
 
-install: $(STAMP)
+install: $(STAMP) $(BUNDLED)/pyradiomics/.complete
 
 $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +23,12 @@ $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]' $(QUIET_PIP)
 	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-data.txt $(QUIET_PIP)
 	rm -f $(VENV)/.installed-* && touch $@
+
+$(BUNDLED)/pyradiomics/.complete: | $(STAMP)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(VENV)/bin/python -m pip download -q --no-deps --no-build-isolation -d "$$tmp" $(PYRADIOMICS_SDIST) $(QUIET_PIP) && \
+	tar -xzf "$$tmp"/pyradiomics-*.tar.gz -C "$$tmp" $(addprefix pyradiomics-3.0.1/data/,$(PYRADIOMICS_FILES)) && \
+	mkdir -p $(@D) && mv $(addprefix "$$tmp"/pyradiomics-3.0.1/data/,$(PYRADIOMICS_FILES)) $(@D)/ && touch $@
 
 # Optional real MRI from Debian (Colin27 + AAL). Tests that need it skip when it is absent.
 debian-data:

@@ -1,7 +1,8 @@
 """Real brain MRI that installable packages ship: where each file is and what it holds.
 
 The demo, the tests and the benchmarks all draw their scans from here, so no run needs the network.
-Each entry names its source (a Python package or a Debian package), its subject (ICBM 2009a and 2009c
+Each entry names its source (a Python package, a Debian package, or ``data:<folder>`` for files that
+``make install`` extracts into ``<venv>/share/braindino-data/<folder>``), its subject (ICBM 2009a and 2009c
 average the same 152 people: they share the subject ``icbm152`` and must stay on one side of any
 split), its modality and kind, and its licence. An entry whose source is not installed is simply
 unavailable: callers skip, never fail.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +24,8 @@ CEREBRA_LICENCE = "CerebrA atlas: research use; cite Manera et al. 2020."
 COLIN_LICENCE = "Colin27 (Holmes et al. 1998) via MRIcron; AAL: research use, cite Tzourio-Mazoyer et al. 2002."
 HEUDICONV_LICENCE = "heudiconv test data, Apache-2.0."
 NIBABEL_LICENCE = "nibabel test data, MIT."
+PYRADIOMICS_LICENCE = "pyradiomics 3.0.1 sample data (its sdist's data/ folder), BSD-3-Clause; cite van Griethuysen et al. 2017."
+BUNDLED_DATA = Path(sys.prefix) / "share" / "braindino-data"  # where `make install` puts data that no wheel ships
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class CatalogueEntry:
     """One real scan (or DICOM series folder) shipped by a package."""
 
     name: str
-    source: str  # "pip:<package>" or "deb:<package>"
+    source: str  # "pip:<package>", "deb:<package>" or "data:<folder under BUNDLED_DATA>"
     location: str  # path inside the package, or absolute for Debian files
     modality: str  # T1w, T2w, DWI, BOLD, label, ...
     kind: Kind
@@ -43,6 +47,8 @@ class CatalogueEntry:
         kind, _, package = self.source.partition(":")
         if kind == "deb":
             path = Path(self.location)
+        elif kind == "data":
+            path = BUNDLED_DATA / package / self.location
         elif importlib.util.find_spec(package) is None:
             return None
         else:
@@ -58,6 +64,8 @@ class CatalogueEntry:
         kind, _, package = self.source.partition(":")
         if kind == "deb":
             return f"apt-get install -y {package}"
+        if kind == "data":
+            return f"make install (extracts {package} into {BUNDLED_DATA})"
         return f"pip install {package}"
 
 
@@ -83,6 +91,10 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry("nibabel_anatomical", "pip:nibabel", "tests/data/anatomical.nii", "T1w", "image", "nibabel-anat", (33, 41, 25), NIBABEL_LICENCE),
     CatalogueEntry("nibabel_functional", "pip:nibabel", "tests/data/functional.nii", "BOLD", "image", "nibabel-func", (17, 21, 3, 20), NIBABEL_LICENCE),
     CatalogueEntry("nibabel_example4d", "pip:nibabel", "tests/data/example4d.nii.gz", "BOLD", "image", "nibabel-4d", (128, 96, 24, 2), NIBABEL_LICENCE),
+    CatalogueEntry("pyradiomics_brain1_t1c", "data:pyradiomics", "brain1_image.nrrd", "T1c", "image", "pyradiomics-brain1", (256, 256, 25), PYRADIOMICS_LICENCE),
+    CatalogueEntry("pyradiomics_brain1_tumour", "data:pyradiomics", "brain1_label.nrrd", "tumour", "mask", "pyradiomics-brain1", (256, 256, 25), PYRADIOMICS_LICENCE),
+    CatalogueEntry("pyradiomics_brain2_t1c", "data:pyradiomics", "brain2_image.nrrd", "T1c", "image", "pyradiomics-brain2", (256, 256, 23), PYRADIOMICS_LICENCE),
+    CatalogueEntry("pyradiomics_brain2_tumour", "data:pyradiomics", "brain2_label.nrrd", "tumour", "mask", "pyradiomics-brain2", (256, 256, 23), PYRADIOMICS_LICENCE),
     CatalogueEntry("nibabel_mgz", "pip:nibabel", "tests/data/test.mgz", "unknown", "image", "nibabel-mgz", (3, 4, 5, 2), NIBABEL_LICENCE),
 )
 

@@ -128,7 +128,7 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     tasks, listed = plan_tasks(specs, settings.storage, previous)
     report = IngestReport(run_id, previous.version, committed=False, scans_seen=sum(listed.values()))
     labels = next_labels(previous, label_rows(specs, settings.storage))
-    licences = {s.name: {"licence": s.licence, "citation": s.citation} for s in specs}
+    licences = {s.name: {"licence": s.licence, "citation": s.citation, "source": s.source} for s in specs}
     recorded = previous.version == 0 or previous.preprocess is not None  # else commit to record the spec
     if not tasks and recorded and same_rows(labels, previous.labels) and all(
             previous.datasets.get(n) == v for n, v in licences.items()):

@@ -97,7 +97,7 @@ class Manifest:
     scans: pa.Table
     slices: pa.Table
     labels: pa.Table
-    datasets: dict[str, dict[str, str]]  # name -> {"licence", "citation"}
+    datasets: dict[str, dict[str, str]]  # name -> {"licence", "citation", "source" (where its raw scans are)}
     preprocess: dict[str, Any] | None = None  # the PreprocessSpec every slice was made with (None: not recorded)
 
     @classmethod
@@ -163,7 +163,7 @@ class ManifestStore:
                preprocess: dict[str, Any]) -> int:
         """Make a run's tables current by writing the next version file; refuses if another run committed.
 
-        ``datasets`` (name -> licence and citation) is merged into the previous version's; ``preprocess``
+        ``datasets`` (name -> licence, citation and source) is merged into the previous version's; ``preprocess``
         is the spec the run's slices were made with (the same for every run of one root).
         """
         latest = self.versions()

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "register": ("pipelines.register", "export the EMA teacher to the MLflow registry; 'register promote' sets champion"),
     "demo": ("pipelines.demo", "run the whole platform end to end on local services and bundled real MRI"),
     "ingest": ("pipelines.ingest", "raw scans in object storage -> zarr volumes, WebDataset shards and the manifest"),
+    "evaluate": ("pipelines.evaluate", "frozen encoder + light heads on a task suite against baselines; registers the heads"),
     "serve": ("serving.launch", "serve the registered encoder and heads over HTTP (Ray Serve) until interrupted"),
     "embed": ("serving.client:embed_main", "send a scan to a running service: its embedding, as JSON"),
     "predict": ("serving.client:predict_main", "send a scan to a running service: a task head's prediction, as JSON"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from braindino.config import load_config
 from infra.local.bundled import missing_entries, upload_bundled
+from infra.local.derived import upload_tissue_labels
 from infra.local.services import LocalStack, create_bucket, local_ray_head, local_stack
 from pipelines.ingest import IngestConfig
 from pipelines.jobs import run_job, submit_job
@@ -23,9 +24,14 @@ class DemoConfig:
         "icbm152": ["icbm2009c_t1", "icbm2009c_t2"],
         "colin27": ["colin27_t1"],
         "heudiconv": ["heudiconv_dwi"],
+        "nibabel": ["nibabel_example4d"],
+        "pyradiomics": ["pyradiomics_brain1_t1c", "pyradiomics_brain1_tumour", "pyradiomics_brain2_t1c",
+                        "pyradiomics_brain2_tumour"],
+        "tissue": ["icbm2009a_t1", "colin27_t1bet"],  # with derived tissue labels beside them
     })
     ingest_config: Path = Path("configs/ingest.yaml")  # its datasets: configs/datasets/<name>.yaml
     pretrain_config: Path = Path("configs/pretrain/tiny-cpu.yaml")  # both stages, a few minutes on two cores
+    evaluate_config: Path = Path("configs/evaluate/bundled.yaml")  # the candidate vs a random init, heads registered
     serve_config: Path = Path("configs/serve/braindino.yaml")  # deployed with the new encoder, then sent serve_scan
     serve_scan: str = "icbm2009c_t1"
 
@@ -39,6 +45,8 @@ def run(config: DemoConfig) -> None:
         print(f"[demo] S3 on {stack.store.endpoint_url}; MLflow at {stack.mlflow.tracking_uri}")
         create_bucket(stack.store, config.bucket)
         uploaded = upload_bundled(stack.store, config.bucket, config.datasets)
+        if "tissue" in uploaded:
+            uploaded["tissue"] += upload_tissue_labels(stack.store, config.bucket, "tissue")
         print(f"[demo] uploaded bundled real MRI to s3://{config.bucket}/raw/")
         for dataset, keys in uploaded.items():
             print(f"  {dataset}: {len(keys)} objects")
@@ -46,6 +54,7 @@ def run(config: DemoConfig) -> None:
             print(f"[demo] Ray head: dashboard and job API at {address}")
             run_ingest_stage(config, stack, address)
             run_pretrain_stage(config, stack, address)
+            run_evaluate_stage(config, stack, address)
             run_serve_stage(config, stack, address)
         print(f"[demo] MLflow UI: {stack.mlflow.ui_command()}")
 
@@ -83,6 +92,20 @@ def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
     print("[demo]   metrics (loss terms, lr, feature std, images/s, knn_probe_accuracy), artifacts pca/*.png")
     print("[demo] encoder registered as models:/braindino-encoder@candidate; promote with "
           "'braindino register promote --version N'")
+
+
+def run_evaluate_stage(config: DemoConfig, stack: LocalStack, address: str) -> None:
+    """``ray job submit`` the bundled suite: the encoder just registered against a random init of its size."""
+    output = (config.workdir / "evaluate").resolve()
+    print(f"[demo] evaluating models:/braindino-encoder@candidate with {config.evaluate_config}")
+    submit_job(address, "evaluate.py", [
+        "--config", str(config.evaluate_config), "--set", f"manifest={(config.workdir / 'ingest').resolve()}",
+        "--set", f"storage.endpoint_url={stack.store.endpoint_url}", "--set", f"output={output}",
+        "--set", f"features.cache={output / 'features'}",
+        *(item for override in tracking_overrides(stack) for item in ("--set", override)),
+    ])
+    print("[demo] evaluation: experiment braindino-evaluate -> results.md, tasks/*/curves.png, projections, overlays;")
+    print("[demo]   heads registered as models:/braindino-head-TASK@candidate (bundled-sequence, bundled-tissue, ...)")
 
 
 def run_serve_stage(config: DemoConfig, stack: LocalStack, address: str) -> None:

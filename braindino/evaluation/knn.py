@@ -7,17 +7,27 @@ import torch
 import torch.nn.functional as F
 
 
+def knn_probabilities(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, n_classes: int,
+                      k: int = 10, temperature: float = 0.07) -> torch.Tensor:
+    """Class probabilities ``[Q, n_classes]`` of each query from its ``k`` most cosine-similar bank rows.
+
+    Each neighbour votes for its class with weight ``exp(similarity / temperature)``; votes are normalised
+    to sum to one.
+    """
+    bank, queries = F.normalize(bank.float(), dim=-1), F.normalize(queries.float(), dim=-1)
+    top, index = (queries @ bank.T).topk(min(k, len(bank)), dim=1)
+    votes = torch.zeros(len(queries), n_classes)
+    votes.scatter_add_(1, bank_labels.long()[index], ((top - top[:, :1]) / temperature).exp())
+    return votes / votes.sum(dim=1, keepdim=True)
+
+
 def knn_accuracy(features: torch.Tensor, labels: list[str], train: np.ndarray, k: int = 10,
                  temperature: float = 0.07) -> float:
-    """Accuracy of a cosine kNN classifier (temperature-weighted votes) from the train rows to the others."""
+    """Accuracy of the kNN probe from the ``train`` rows (boolean mask) to the others."""
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(label) for label in labels])
-    feats = F.normalize(features.float(), dim=-1)
-    bank, queries = feats[torch.from_numpy(train)], feats[torch.from_numpy(~train)]
-    if len(queries) == 0 or len(bank) == 0:
+    train_rows, query_rows = torch.from_numpy(train), torch.from_numpy(~train)
+    if not query_rows.any() or not train_rows.any():
         return float("nan")
-    sims = queries @ bank.T
-    top, idx = sims.topk(min(k, len(bank)), dim=1)
-    votes = torch.zeros(len(queries), len(classes))
-    votes.scatter_add_(1, y[torch.from_numpy(train)][idx], (top / temperature).exp())
-    return (votes.argmax(1) == y[torch.from_numpy(~train)]).float().mean().item()
+    probabilities = knn_probabilities(features[train_rows], y[train_rows], features[query_rows], len(classes), k, temperature)
+    return (probabilities.argmax(1) == y[query_rows]).float().mean().item()

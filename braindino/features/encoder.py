@@ -13,6 +13,7 @@ Inputs are already-normalised single-channel slices ``[B, 1, H, W]`` (preprocess
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +25,17 @@ from braindino.features.pooling import AttentionPooling
 from braindino.models.vit import ViTConfig, VisionTransformer
 
 FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class SliceTokens:
+    """Encoder outputs per slice: ``cls`` and ``patch_mean`` ``[B, D]``; ``blocks`` ``[B, n_blocks, h*w, D]``
+    (raw patch tokens of the requested blocks, before the final norm) or None; ``grid`` is ``(h, w)``."""
+
+    cls: Tensor
+    patch_mean: Tensor
+    blocks: Tensor | None
+    grid: tuple[int, int]
 
 
 class CheckpointError(ValueError):
@@ -115,15 +127,26 @@ class Encoder(nn.Module):
         sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
 
     @torch.no_grad()
+    def encode_tokens(self, slices: Tensor, blocks: tuple[int, ...] = (), batch_size: int | None = None) -> SliceTokens:
+        """CLS, mean patch token and (for ``blocks``) raw patch tokens of slices ``[B, 1, H, W]``, in float32 on CPU."""
+        weight = self.backbone.patch_embed.proj.weight
+        depth = self.config.depth
+        if any(not 0 <= b < depth for b in blocks):
+            raise ValueError(f"blocks {list(blocks)} are not all in 0..{depth - 1} (the encoder has {depth} blocks)")
+        cls, means, stacked, grid = [], [], [], (0, 0)
+        for chunk in slices.split(batch_size) if batch_size else (slices,):
+            out = self.backbone(chunk.to(device=weight.device, dtype=weight.dtype), return_blocks=tuple(blocks))
+            cls.append(out.cls.float().cpu())
+            means.append(out.patches.mean(dim=1).float().cpu())
+            if blocks:
+                stacked.append(torch.stack([out.blocks[b] for b in blocks], dim=1).float().cpu())
+            grid = out.grid
+        return SliceTokens(torch.cat(cls), torch.cat(means), torch.cat(stacked) if blocks else None, grid)
+
     def encode_slices(self, slices: Tensor, with_patch_mean: bool = False, batch_size: int | None = None) -> Tensor:
         """Slice embeddings ``[B, D]`` (CLS), or ``[B, 2D]`` (CLS then mean patch token) with ``with_patch_mean``."""
-        weight = self.backbone.patch_embed.proj.weight
-        chunks = slices.split(batch_size) if batch_size else (slices,)
-        embeddings = []
-        for chunk in chunks:
-            out = self.backbone(chunk.to(device=weight.device, dtype=weight.dtype))
-            embeddings.append(torch.cat([out.cls, out.patches.mean(dim=1)], -1) if with_patch_mean else out.cls)
-        return torch.cat(embeddings)
+        tokens = self.encode_tokens(slices, batch_size=batch_size)
+        return torch.cat([tokens.cls, tokens.patch_mean], -1) if with_patch_mean else tokens.cls
 
     def encode_volume(
         self,

@@ -2,8 +2,10 @@
 
 from braindino.volumes.canonical import CanonicalVolume, canonicalise, voxel_spacing
 from braindino.volumes.intensity import normalise_intensity, percentiles
+from braindino.volumes.regrid import labels_to_source_grid, source_grid, to_source_grid
 from braindino.volumes.resample import resample
-from braindino.volumes.slicing import axial_slices, centre_pad_crop, evenly_spaced, non_empty_range
+from braindino.volumes.slicing import (axial_slices, centre_pad_crop, evenly_spaced, non_empty_range,
+                                      slices_to_volume)
 from braindino.volumes.spec import PreprocessSpec, Slice, preprocess
 
 __all__ = [
@@ -14,10 +16,14 @@ __all__ = [
     "canonicalise",
     "centre_pad_crop",
     "evenly_spaced",
+    "labels_to_source_grid",
     "non_empty_range",
     "normalise_intensity",
     "percentiles",
     "preprocess",
     "resample",
+    "slices_to_volume",
+    "source_grid",
+    "to_source_grid",
     "voxel_spacing",
 ]

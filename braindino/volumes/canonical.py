@@ -74,7 +74,8 @@ def canonicalise(data: np.ndarray, affine: np.ndarray, provenance: dict[str, Any
 
     Only axis permutations and flips are applied (no interpolation); for an oblique scan each array axis
     goes to the world axis it is closest to and the affine keeps the residual rotation. The returned
-    affine is updated with the same transform, so every voxel keeps its world position. A Fortran-ordered
+    affine is updated with the same transform, so every voxel keeps its world position; the input's
+    affine and shape are recorded in the provenance (``source_affine``, ``source_shape``). A Fortran-ordered
     float32 array already in RAS order is used as is (the volume shares its memory), anything else is copied.
     """
     data = np.asarray(data)
@@ -90,6 +91,8 @@ def canonicalise(data: np.ndarray, affine: np.ndarray, provenance: dict[str, Any
         "source_orientation": source_codes,
         "reoriented": source_codes != "RAS",
         "canonical_version": CanonicalVolume.VERSION,
+        "source_affine": affine.tolist(),  # the input grid, so that a result can be mapped back onto it
+        "source_shape": [int(n) for n in data.shape],
     }
     return CanonicalVolume(
         data=canonical_layout(reoriented),

@@ -72,3 +72,16 @@ def evenly_spaced(slices: list[Slice], count: int) -> list[Slice]:
         return list(slices)
     picks = np.round(np.linspace(0, len(slices) - 1, count)).astype(int)
     return [slices[i] for i in picks]
+
+
+def slices_to_volume(images: np.ndarray, z: np.ndarray, shape: tuple[int, int, int], background: np.ndarray) -> np.ndarray:
+    """The inverse of ``axial_slices`` for per-slice maps: ``images`` ``[S, C, size, size]`` placed back at axial
+    indices ``z`` of a ``[C, X, Y, Z]`` array (un-centred: the cropped border and every slice not given take
+    ``background`` ``[C]``)."""
+    channels, size = images.shape[1], images.shape[-1]
+    out = np.empty((channels, *shape), dtype=np.float32)
+    out[:] = np.asarray(background, dtype=np.float32).reshape(channels, 1, 1, 1)
+    (src_x, dst_x), (src_y, dst_y) = (centre_window(extent, size) for extent in shape[:2])
+    for image, index in zip(images, z):
+        out[:, src_x, src_y, int(index)] = image[:, dst_x, dst_y]
+    return out

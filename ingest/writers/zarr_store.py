@@ -22,7 +22,11 @@ ZARR_FOLDER = "zarr"
 
 def open_root(output: str, storage: ObjectStoreConfig, mode: str = "a") -> zarr.Group:
     """The root group of the volume store under ``output`` (``s3://bucket/prefix`` or a local folder)."""
-    url = f"{output.rstrip('/')}/{ZARR_FOLDER}"
+    return open_store(f"{output.rstrip('/')}/{ZARR_FOLDER}", storage, mode)
+
+
+def open_store(url: str, storage: ObjectStoreConfig, mode: str = "a") -> zarr.Group:
+    """The zarr group at ``url`` (``s3://bucket/prefix`` through s3fs, or a local folder)."""
     if url.startswith("s3://"):
         options: dict[str, Any] = {"client_kwargs": {"region_name": storage.region}}
         if storage.endpoint_url:
@@ -78,3 +82,11 @@ def read_axial_slice(root: zarr.Group, zarr_path: str, z: int) -> np.ndarray:
 def volume_attrs(root: zarr.Group, zarr_path: str) -> dict[str, Any]:
     """The attributes stored beside a volume (geometry, provenance, pseudonyms)."""
     return dict(stored_array(root, zarr_path).attrs)
+
+
+def read_volume(root: zarr.Group, zarr_path: str) -> CanonicalVolume:
+    """A stored volume back as a ``CanonicalVolume`` (voxels, affine, provenance: as ``write_volume`` stored them)."""
+    array = stored_array(root, zarr_path)
+    attrs = dict(array.attrs)
+    return CanonicalVolume(data=np.asfortranarray(array[...], dtype=np.float32), affine=np.asarray(attrs["affine"], dtype=float),
+                           spacing=tuple(attrs["spacing"]), provenance=dict(attrs.get("provenance", {})))

@@ -91,15 +91,6 @@ def blocked_knn_accuracy(encoder: Encoder, data: Dataset, k: int = 10) -> float:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: the shared CI cores are faster without thread contention for tensors this small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def run(dataset: Dataset, one_thread) -> TrainingRun:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)

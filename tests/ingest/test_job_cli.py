@@ -43,7 +43,8 @@ def test_all_ingests_every_spec_of_the_folder_from_local_disk(ray_session, tmp_p
     assert "scans ok 1; quarantined 0" in capsys.readouterr().out
 
     manifest = ManifestStore(str(output), ObjectStoreConfig()).latest()
-    assert manifest.version == 1 and manifest.datasets == {"tiny": {"licence": "MIT (nibabel test data)", "citation": ""}}
+    assert manifest.version == 1 and manifest.datasets == {
+        "tiny": {"licence": "MIT (nibabel test data)", "citation": "", "source": str(tmp_path / "raw")}}
     (scan,) = manifest.scans.to_pylist()
     assert scan["source_key"] == "sub-anat/anatomical.nii" and scan["status"] == "ok"
     assert manifest.slices.num_rows == scan["slices_kept"] > 0
