@@ -93,7 +93,7 @@ async def handle_load(handle, call, concurrency: int, seconds: float) -> dict[st
         while time.monotonic() < deadline:
             began = time.monotonic()
             try:
-                await handle.embed_slices.remote(call)
+                await handle.encode_slices.remote(call)
                 status = 200
             except Exception:  # noqa: BLE001 - counted as a server error
                 status = 500
@@ -122,13 +122,14 @@ def run(args: argparse.Namespace) -> dict:
     from ray import serve
 
     from braindino.catalogue import entry
+    from braindino.features import volume_input
     from braindino.volumes import PreprocessSpec
     from infra.local.services import free_port
     from serving.app import APP_NAME, build_app
     from serving.auth import TOKEN_ENV
     from serving.client import Client
     from serving.encoder import DEPLOYMENT, EncoderCall
-    from serving.scans import prepare_scan
+    from serving.scans import decode_scan
     from serving.settings import EncoderSettings, IngressSettings
 
     scan = entry("icbm2009c_t1").path
@@ -154,8 +155,8 @@ def run(args: argparse.Namespace) -> dict:
         client.wait_ready()
         description = client.models()["encoder"]
         spec = PreprocessSpec.from_json(description["preprocess"])
-        prepared = prepare_scan(scan.name, scan.read_bytes(), spec, ingress.policy, args.slices)
-        call = EncoderCall(prepared.slices)
+        decoded = decode_scan(scan.name, scan.read_bytes(), spec, ingress.policy)
+        call = EncoderCall(volume_input(decoded.volume, spec, args.slices).slices.numpy())
         handle = serve.get_deployment_handle(DEPLOYMENT, APP_NAME)
         client.embed(scan)  # warm-up
         for concurrency in CONCURRENCY:

@@ -26,17 +26,22 @@ DEPLOYMENT = "Encoder"
 
 @dataclass(frozen=True)
 class EncoderCall:
-    """One request's input: preprocessed slices ``[S, 1, size, size]`` float32."""
+    """One request's input: preprocessed slices ``[S, 1, size, size]`` float32, and the blocks whose patch
+    tokens it needs (a segmentation head's; none for embeddings)."""
 
     slices: np.ndarray
+    blocks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
-class SliceEmbeddings:
-    """Per-slice outputs ``[S, D]`` (CLS and mean patch token), and the digest of the weights that made them."""
+class EncodedSlices:
+    """Per-slice outputs: CLS and mean patch token ``[S, D]``, the requested blocks' patch tokens
+    ``[S, n_blocks, h*w, D]`` (None without blocks), the patch grid, and the digest of the weights that made them."""
 
     cls: np.ndarray
     patch_mean: np.ndarray
+    blocks: np.ndarray | None
+    grid: tuple[int, int]
     weights_sha256: str
 
 
@@ -62,14 +67,19 @@ def load_encoder(settings: EncoderSettings, device: torch.device) -> LoadedEncod
     return LoadedEncoder(encoder, description)
 
 
-def encode(encoder: Encoder, calls: list[EncoderCall], forward_batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """CLS and mean patch token of every call's slices, run as one concatenated batch and split back."""
-    counts = [len(call.slices) for call in calls]
-    slices = torch.from_numpy(np.concatenate([call.slices for call in calls]))
-    both = encoder.encode_slices(slices, with_patch_mean=True, batch_size=forward_batch_size).float().cpu().numpy()
-    cls, patch_mean = np.split(both, 2, axis=1)
-    bounds = np.cumsum(counts)[:-1]
-    return list(zip(np.split(cls, bounds), np.split(patch_mean, bounds)))
+def encode(encoder: Encoder, calls: list[EncoderCall], forward_batch_size: int, digest: str) -> list[EncodedSlices]:
+    """Every call's outputs: the calls asking for the same blocks run as one concatenated batch, split back after."""
+    outputs: dict[int, EncodedSlices] = {}
+    for blocks in dict.fromkeys(call.blocks for call in calls):
+        group = [i for i, call in enumerate(calls) if call.blocks == blocks]
+        slices = torch.from_numpy(np.concatenate([calls[i].slices for i in group]))
+        tokens = encoder.encode_tokens(slices, blocks, forward_batch_size)
+        bounds = np.cumsum([len(calls[i].slices) for i in group])[:-1]
+        parts = [np.split(t.numpy(), bounds) if t is not None else [None] * len(group)
+                 for t in (tokens.cls, tokens.patch_mean, tokens.blocks)]
+        for i, cls, patch_mean, block_tokens in zip(group, *parts):
+            outputs[i] = EncodedSlices(cls, patch_mean, block_tokens, tokens.grid, digest)
+    return [outputs[i] for i in range(len(calls))]
 
 
 @serve.deployment(
@@ -81,7 +91,7 @@ def encode(encoder: Encoder, calls: list[EncoderCall], forward_batch_size: int) 
     health_check_period_s=10,
 )
 class EncoderDeployment:
-    """The frozen encoder behind a handle: ``describe()``, and the batched ``embed_slices(EncoderCall)``."""
+    """The frozen encoder behind a handle: ``describe()``, and the batched ``encode_slices(EncoderCall)``."""
 
     def __init__(self) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,8 +106,8 @@ class EncoderDeployment:
                              f"max_batch_size {settings.max_batch_size}, so no batch could ever fill; raise it")
         if self.settings is None or (settings.model, settings.tracking_uri) != (self.settings.model, self.settings.tracking_uri):
             self.loaded = load_encoder(settings, self.device)
-        self.embed_slices.set_max_batch_size(settings.max_batch_size)
-        self.embed_slices.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.encode_slices.set_max_batch_size(settings.max_batch_size)
+        self.encode_slices.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self.settings = settings
 
     def check_health(self) -> None:
@@ -109,9 +119,8 @@ class EncoderDeployment:
         return dict(self.loaded.description)
 
     @serve.batch(max_batch_size=EncoderSettings.max_batch_size, batch_wait_timeout_s=EncoderSettings.batch_wait_timeout_s)
-    async def embed_slices(self, calls: list[EncoderCall]) -> list[SliceEmbeddings]:
-        loaded, forward = self.loaded, self.settings.forward_batch_size
+    async def encode_slices(self, calls: list[EncoderCall]) -> list[EncodedSlices]:
+        loaded = self.loaded
         # in a thread, so that the next batch gathers while this one runs
-        outputs = await asyncio.to_thread(encode, loaded.encoder, calls, forward)
-        digest = loaded.description["weights_sha256"]
-        return [SliceEmbeddings(cls, patch_mean, digest) for cls, patch_mean in outputs]
+        return await asyncio.to_thread(encode, loaded.encoder, calls, self.settings.forward_batch_size,
+                                       loaded.description["weights_sha256"])

@@ -1,4 +1,4 @@
-"""An uploaded scan -> the encoder's input, decoded exactly as ingest decodes a stored scan.
+"""An uploaded scan -> a preprocessed canonical volume, decoded exactly as ingest decodes a stored scan.
 
 The bytes go through ingest's readers (format by name, else magic bytes; bounded gzip and zip
 inflation; header dimension checks; the DICOM metadata allow-list), ingest's validation and the shared
@@ -12,10 +12,9 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import numpy as np
 import pydicom
 
-from braindino.volumes import CanonicalVolume, PreprocessSpec, evenly_spaced
+from braindino.volumes import CanonicalVolume, PreprocessSpec
 from ingest.process import ScanPayload, ScanPolicy, process_scan
 from ingest.readers import FORMAT_SUFFIXES, ScanRejected, sniff_format
 from ingest.readers.archive import unzip_files
@@ -25,13 +24,11 @@ ACCEPTED = ".nii, .nii.gz, .mgz, .mgh, .nrrd, or a .zip of one DICOM series"
 
 
 @dataclass(frozen=True)
-class PreparedScan:
-    """A decoded, preprocessed upload: its canonical volume and the evenly spaced slices the encoder reads."""
+class DecodedScan:
+    """A decoded, validated, preprocessed upload: its format and canonical volume (which records the source grid)."""
 
     format: str
     volume: CanonicalVolume
-    slices: np.ndarray  # [S, 1, size, size] float32
-    z: np.ndarray  # [S] axial index of each slice in the canonical volume
 
 
 def upload_key(filename: str) -> str:
@@ -68,7 +65,7 @@ def dicom_series(files: dict[str, bytes]) -> set[str]:
     return found
 
 
-def prepare_scan(filename: str, raw: bytes, spec: PreprocessSpec, policy: ScanPolicy, slices_per_volume: int) -> PreparedScan:
+def decode_scan(filename: str, raw: bytes, spec: PreprocessSpec, policy: ScanPolicy) -> DecodedScan:
     """Decode, validate and preprocess an upload; ``ApiError`` (415 not a scan, 422 unusable) naming the reason."""
     try:
         payload = upload_payload(filename, raw, policy)
@@ -77,10 +74,7 @@ def prepare_scan(filename: str, raw: bytes, spec: PreprocessSpec, policy: ScanPo
     result = process_scan(payload, spec, policy)
     if not result.ok:
         raise rejection(result.reason, result.detail)
-    kept = evenly_spaced(result.slices, slices_per_volume) if slices_per_volume else result.slices
-    images = np.stack([image for _, image, _ in kept])[:, None]
-    return PreparedScan(result.volume.provenance.get("format", ""), result.volume, images,
-                        np.array([z for z, _, _ in kept], dtype=np.int64))
+    return DecodedScan(result.volume.provenance.get("format", ""), result.volume)
 
 
 def rejection(reason: str, detail: str) -> ApiError:

@@ -66,9 +66,10 @@ class IngressSettings:
                           max_axis_length=self.max_axis_length, max_files=self.max_dicom_files)
 
 
-def defaults(cls: type) -> dict[str, Any]:
-    """A settings class's defaults as the plain ``user_config`` mapping that ``serve build`` writes."""
-    return dataclasses.asdict(cls())
+def defaults(cls: type, **required: Any) -> dict[str, Any]:
+    """A settings class's defaults (``required`` fills fields without one) as the plain ``user_config`` mapping
+    that ``serve build`` writes."""
+    return dataclasses.asdict(cls(**required))
 
 
 def parse_settings(cls: type[T], user_config: dict[str, Any] | None, deployment: str) -> T:

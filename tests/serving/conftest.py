@@ -1,4 +1,4 @@
-"""Serving fixtures: a tiny encoder registered in a local MLflow, and one running service for the module.
+"""Serving fixtures: a tiny encoder registered in a local MLflow, and one running service for this folder's tests.
 
 The service runs on the session's local Ray: one Serve instance on a free loopback port, replicas at a
 quarter CPU, the API token in a file the ingress replica reads (``$BRAINDINO_SERVE_TOKEN_FILE``).
@@ -25,6 +25,7 @@ UPLOAD_MB = 24
 class Registry:
     mlflow: LocalMlflow
     encoder_version: str
+    encoder_sha256: str
     preprocess: PreprocessSpec = PREPROCESS
 
 
@@ -41,9 +42,11 @@ class Service:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def registry(tmp_path_factory) -> Registry:
     """A tiny encoder registered by the registration pipeline and promoted to champion."""
+    from mlflow.tracking import MlflowClient
+
     from pipelines.register import promote
 
     root = tmp_path_factory.mktemp("registry")
@@ -51,10 +54,11 @@ def registry(tmp_path_factory) -> Registry:
     local.root.mkdir()
     version = register_tiny_encoder(local, root, PREPROCESS)
     promote("braindino-encoder", version, "champion", local.tracking_uri)
-    return Registry(local, version)
+    digest = MlflowClient(local.tracking_uri).get_model_version("braindino-encoder", version).tags["weights_sha256"]
+    return Registry(local, version, digest)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def service(ray_session, registry, tmp_path_factory) -> Service:
     """The application serving the champion, started once; torn down with ``serve.shutdown``."""
     from ray import serve

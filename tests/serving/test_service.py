@@ -97,7 +97,7 @@ def test_embedding_of_a_real_scan_equals_the_offline_encoder_and_names_its_versi
 
 def nifti_as_mgz(image: nib.Nifti1Image) -> bytes:
     data = np.asarray(image.dataobj, dtype=np.float32)
-    return gzip.compress(nib.MGHImage(data, image.affine).to_bytes())
+    return gzip.compress(nib.MGHImage(data, image.affine).to_bytes(), compresslevel=1)
 
 
 def nifti_as_nrrd(image: nib.Nifti1Image, folder: Path) -> bytes:
@@ -105,7 +105,7 @@ def nifti_as_nrrd(image: nib.Nifti1Image, folder: Path) -> bytes:
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
     header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3]}
     target = folder / "scan.nrrd"
-    nrrd.write(str(target), np.asarray(image.dataobj, dtype=np.float32), header)
+    nrrd.write(str(target), np.asarray(image.dataobj, dtype=np.float32), {**header, "encoding": "raw"})
     return target.read_bytes()
 
 

@@ -9,6 +9,7 @@ import yaml
 
 from braindino.config import ConfigError
 from serving.auth import TOKEN_ENV, TOKEN_FILE_ENV, configured_tokens, require_tokens, token_accepted, NoTokenConfigured
+from serving.heads import HeadSettings
 from serving.scans import upload_key
 from serving.settings import EncoderSettings, IngressSettings, parse_settings
 
@@ -25,14 +26,18 @@ def serve_build(import_path: str, output: Path) -> dict:
     return yaml.safe_load(output.read_text())
 
 
-@pytest.mark.parametrize("file, import_path", [("braindino.yaml", "serving.app:app"),
-                                                ("braindino-gpu.yaml", "serving.app:gpu_app")])
-def test_the_serve_config_is_what_serve_build_writes(file, import_path, tmp_path):
+@pytest.mark.parametrize("file, import_path, name, route_prefix", [
+    ("braindino.yaml", "serving.app:app", "braindino", "/"),
+    ("braindino-gpu.yaml", "serving.app:gpu_app", "braindino", "/"),
+    ("head.yaml", "serving.heads:app", "head-TASK", None),
+])
+def test_the_serve_config_is_what_serve_build_writes(file, import_path, name, route_prefix, tmp_path):
     built = serve_build(import_path, tmp_path / "built.yaml")
     kept = yaml.safe_load((CONFIGS / file).read_text())
-    assert [app.pop("name") for app in kept["applications"]] == ["braindino"]
-    for app in built["applications"]:
-        app.pop("name")
+    (application,) = kept["applications"]
+    assert (application.pop("name"), application.pop("route_prefix")) == (name, route_prefix)
+    for application in built["applications"]:
+        application.pop("name"), application.pop("route_prefix")
     assert kept == built, f"configs/serve/{file} differs from `serve build {import_path}`: rebuild it"
 
 
@@ -54,6 +59,9 @@ def test_settings_errors_name_the_deployment_and_the_key():
         parse_settings(IngressSettings, {"four_d": "all"}, "Ingress")
     with pytest.raises(ConfigError, match="max_upload_mb must be > 0"):
         parse_settings(IngressSettings, {"max_upload_mb": 0}, "Ingress")
+    with pytest.raises(ConfigError, match="user_config of deployment Head: .*task is required"):
+        parse_settings(HeadSettings, {"model": "models:/braindino-head-x/1"}, "Head")
+    assert parse_settings(HeadSettings, {"task": "sequence"}, "Head").reference == "models:/braindino-head-sequence@champion"
 
 
 def test_tokens_come_from_the_environment_and_a_rotatable_file(tmp_path, monkeypatch):
