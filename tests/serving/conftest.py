@@ -18,7 +18,7 @@ from tests.registered import register_tiny_encoder
 
 PREPROCESS = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=64)
 SLICES_PER_VOLUME = 16
-UPLOAD_MB = 24
+UPLOAD_MB = 40
 
 
 @dataclass(frozen=True)
