@@ -2,6 +2,7 @@
 
     braindino serve                                   # models:/braindino-encoder@champion on 127.0.0.1:8000
     braindino serve --set encoder.model=models:/braindino-encoder@candidate --set http.port=8080
+    braindino serve --set "heads=[bundled-sequence, bundled-tissue]"   # with their heads (@champion)
 
 The defaults are the ones the Serve config in configs/serve/ carries; ``--set`` changes any of them
 (``--print-config`` lists them). The encoder takes one whole GPU when this machine has one. The bearer
@@ -34,6 +35,8 @@ class ServeJobConfig:
     ingress: IngressSettings = field(default_factory=IngressSettings)
     http: HttpOptions = field(default_factory=HttpOptions)
     encoder_gpus: int = -1  # whole GPUs for the encoder: -1 takes one when this machine has one, else 0
+    heads: list[str] = field(default_factory=list)  # tasks whose heads to serve: models:/braindino-head-TASK@head_alias
+    head_alias: str = "champion"
 
 
 def ensure_token() -> None:
@@ -59,7 +62,9 @@ def run(config: ServeJobConfig) -> None:
     from ray import serve
 
     from pipelines.jobs import connect_ray
+    from pipelines.registry import head_model_name
     from serving.app import APP_NAME, build_app
+    from serving.heads import HeadSettings, build_head_app, head_application
 
     ensure_token()
     connect_ray()
@@ -68,8 +73,13 @@ def run(config: ServeJobConfig) -> None:
     serve.start(http_options={"host": config.http.host, "port": config.http.port})
     serve.run(build_app(encoder, config.ingress, encoder_options={"ray_actor_options": {"num_cpus": 1, "num_gpus": gpus}}),
               name=APP_NAME, route_prefix="/")
+    if config.heads:
+        serve.run_many([serve.RunTarget(build_head_app(HeadSettings(
+            task=task, model=f"models:/{head_model_name(task)}@{config.head_alias}", tracking_uri=encoder.tracking_uri)),
+            name=head_application(task), route_prefix=None) for task in config.heads])
     url = f"http://{config.http.host}:{config.http.port}"
-    print(f"[serve] {encoder.model} on {'1 GPU' if gpus else 'CPU'}; API at {url}/v1, OpenAPI at {url}/openapi.json")
+    print(f"[serve] {encoder.model} on {'1 GPU' if gpus else 'CPU'}, heads {config.heads}; API at {url}/v1, "
+          f"OpenAPI at {url}/openapi.json")
     print(f"[serve] try: braindino embed SCAN.nii.gz --url {url}   (Ctrl-C stops)", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
