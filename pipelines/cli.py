@@ -6,13 +6,17 @@ import argparse
 import importlib
 import sys
 
-# name -> (module with main(argv), one-line summary). Modules load only when their command runs.
+# name -> ("module" with main(argv), or "module:function", one-line summary). Modules load only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pipelines.pretrain", "two-stage self-distillation on Ray Train (FSDP2), tracked in MLflow"),
     "register": ("pipelines.register", "export the EMA teacher to the MLflow registry; 'register promote' sets champion"),
     "demo": ("pipelines.demo", "run the whole platform end to end on local services and bundled real MRI"),
     "ingest": ("pipelines.ingestion", "raw scans in object storage -> zarr volumes, WebDataset shards and the manifest"),
     "evaluate": ("pipelines.evaluate", "frozen encoder + light heads on a task suite against baselines; registers the heads"),
+    "serve": ("serving.launch", "serve the registered encoder and heads over HTTP (Ray Serve) until interrupted"),
+    "embed": ("serving.client:embed_main", "send a scan to a running service: its embedding, as JSON"),
+    "predict": ("serving.client:predict_main", "send a scan to a running service: a task head's prediction, as JSON"),
+    "segment": ("serving.client:segment_main", "send a scan to a running service: a task head's label volume (NIfTI)"),
 }
 
 
@@ -28,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parsed = parser.parse_args(argv[:1] if argv and argv[0] not in ("-h", "--help") else argv)
-    module = importlib.import_module(COMMANDS[parsed.command][0])
-    module.main(argv[1:])
+    module, _, function = COMMANDS[parsed.command][0].partition(":")
+    getattr(importlib.import_module(module), function or "main")(argv[1:])
 
 
 if __name__ == "__main__":

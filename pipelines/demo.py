@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from infra.local.derived import upload_tissue_labels
 from infra.local.services import LocalStack, create_bucket, local_ray_head, local_stack
 from pipelines.ingestion import IngestConfig
 from pipelines.jobs import run_job, submit_job
+from serving.auth import TOKEN_ENV
 
 
 @dataclass(frozen=True)
@@ -30,12 +32,16 @@ class DemoConfig:
     ingest_config: Path = Path("configs/ingest.yaml")  # its datasets: configs/datasets/<name>.yaml
     pretrain_config: Path = Path("configs/pretrain/tiny-cpu.yaml")  # both stages, a few minutes on two cores
     evaluate_config: Path = Path("configs/evaluate/bundled.yaml")  # the candidate vs a random init, heads registered
+    serve_config: Path = Path("configs/serve/braindino.yaml")  # deployed with the new encoder, then sent serve_scan
+    head_config: Path = Path("configs/serve/head.yaml")  # the application template of each registered head
+    serve_scan: str = "icbm2009c_t1"
 
 
 def run(config: DemoConfig) -> None:
     for item in missing_entries(config.datasets):
         print(f"[demo] skipping {item.name}: its source is not installed ({item.install_hint})")
     os.environ.setdefault("BRAINDINO_ENV", "dev")  # the public dev pseudonym key unless a real one is set
+    os.environ.setdefault(TOKEN_ENV, secrets.token_urlsafe(24))  # the service's API token; the Ray head inherits it
     with local_stack(config.workdir) as stack:  # the stack puts its S3 keys in the environment
         print(f"[demo] S3 on {stack.store.endpoint_url}; MLflow at {stack.mlflow.tracking_uri}")
         create_bucket(stack.store, config.bucket)
@@ -50,6 +56,7 @@ def run(config: DemoConfig) -> None:
             run_ingest_stage(config, stack, address)
             run_pretrain_stage(config, stack, address)
             run_evaluate_stage(config, stack, address)
+            run_serve_stage(config, stack, address)
         print(f"[demo] MLflow UI: {stack.mlflow.ui_command()}")
 
 
@@ -105,6 +112,106 @@ def run_evaluate_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
     ])
     print("[demo] evaluation: experiment braindino-evaluate -> results.md, tasks/*/curves.png, projections, overlays;")
     print("[demo]   heads registered as models:/braindino-head-TASK@candidate (bundled-sequence, bundled-tissue, ...)")
+
+
+def candidate_heads(tracking_uri: str) -> list[str]:
+    """The tasks whose head the evaluation registered as ``braindino-head-TASK@candidate``."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.registry import HEAD_MODEL_PREFIX
+
+    models = MlflowClient(tracking_uri).search_registered_models(f"name LIKE '{HEAD_MODEL_PREFIX}%'")
+    return sorted(m.name.removeprefix(HEAD_MODEL_PREFIX) for m in models if "candidate" in m.aliases)
+
+
+def demo_serve_config(config: DemoConfig, stack: LocalStack, port: int, tasks: list[str]) -> dict:
+    """The Serve config with the @candidate encoder, plus one head application per task (from the head template)."""
+    import copy
+
+    import yaml
+
+    from pipelines.registry import head_model_name
+    from serving.heads import head_application
+
+    deployed = yaml.safe_load(config.serve_config.read_text())
+    deployed["http_options"] = {"host": "127.0.0.1", "port": port}
+    (encoder,) = (d for d in deployed["applications"][0]["deployments"] if d["name"] == "Encoder")
+    encoder["user_config"].update(model="models:/braindino-encoder@candidate", tracking_uri=stack.mlflow.tracking_uri)
+    template = yaml.safe_load(config.head_config.read_text())["applications"][0]
+    for task in tasks:
+        application = copy.deepcopy(template)
+        application["name"] = head_application(task)
+        (head,) = application["deployments"]
+        head["user_config"].update(task=task, model=f"models:/{head_model_name(task)}@candidate",
+                                   tracking_uri=stack.mlflow.tracking_uri)
+        head["ray_actor_options"]["num_cpus"] = 0.25  # the demo's head has 4 CPUs for everything
+        deployed["applications"].append(application)
+    return deployed
+
+
+def run_serve_stage(config: DemoConfig, stack: LocalStack, address: str) -> None:
+    """``serve deploy`` the Serve config with the encoder and heads just registered (@candidate: promotion to
+    champion stays a decision for a person), send them a real scan, print what comes back, shut the service down."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from infra.local.services import free_port
+
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    cli_env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}  # the head runs without Ray auth
+    port = free_port()
+    tasks = candidate_heads(stack.mlflow.tracking_uri)
+    target = (config.workdir / "serve.yaml").resolve()
+    target.write_text(yaml.safe_dump(demo_serve_config(config, stack, port, tasks), sort_keys=False))
+    print(f"[demo] serve deploy {target}: {config.serve_config} with models:/braindino-encoder@candidate and the "
+          f"heads of {tasks or 'no task'} (from {config.head_config})")
+    subprocess.run([serve_cli, "deploy", str(target), "--address", address], check=True, env=cli_env)
+    try:
+        query_service(config, f"http://127.0.0.1:{port}")
+    finally:
+        subprocess.run([serve_cli, "shutdown", "-y", "--address", address], check=False, env=cli_env)
+        print("[demo] service shut down")
+
+
+def settled_heads(client, timeout_s: float = 180.0) -> list[dict]:
+    """The heads ``/v1/models`` lists, once none is still deploying (or after ``timeout_s``)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        heads = client.models()["heads"]
+        if all(head["status"] in ("RUNNING", "DEPLOY_FAILED") for head in heads) or time.monotonic() > deadline:
+            return heads
+        time.sleep(2)
+
+
+def query_service(config: DemoConfig, url: str) -> None:
+    """Embed the demo scan, then ask each head that came up (predict, or segment into workdir/)."""
+    from infra.local.catalogue import entry
+    from serving.client import Client
+
+    client = Client(url, os.environ[TOKEN_ENV])
+    client.wait_ready(timeout_s=300)
+    scan = entry(config.serve_scan).path
+    answer = client.embed(scan, per_slice=True)
+    encoder = answer["encoder"]
+    print(f"[demo] POST {url}/v1/embed {scan.name}: embedding of {answer['dim']} values from "
+          f"{answer['input']['slices']} slices of the {answer['input']['format']} volume "
+          f"{answer['input']['canonical_shape']}; {encoder['name']} version {encoder['version']} "
+          f"(weights sha256 {encoder['weights_sha256'][:16]}...)")
+    for head in settled_heads(client):
+        if head["status"] != "RUNNING":
+            print(f"[demo] head {head['task']}: {head['status']} {head.get('message', '')}")
+        elif head["kind"] == "segmentation":
+            labels, models = client.segment(scan, head["task"])
+            path = config.workdir / f"{head['task']}-labels.nii.gz"
+            path.write_bytes(labels)
+            print(f"[demo] POST {url}/v1/segment/{head['task']}: labels {models['labels']} written to {path}")
+        else:
+            print(f"[demo] POST {url}/v1/predict/{head['task']}: {client.predict(scan, head['task'])['prediction']}")
+    print(f"[demo]   the same from a shell: {TOKEN_ENV}=... braindino embed|predict|segment SCAN --url {url}")
 
 
 def main(argv=None) -> None:

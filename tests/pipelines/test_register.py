@@ -16,32 +16,20 @@ from mlflow.tracking import MlflowClient
 from braindino.config import load_config
 from braindino.features import Encoder
 from braindino.models.vit import VisionTransformer
-from braindino.ssl import SelfDistillation
 from braindino.volumes import PreprocessSpec
 from pipelines.registry import RegistryError, fetch_encoder
 from pipelines.register import RegisterJobConfig, export_encoder, main as register_main, register_run, stage_summaries
-from pipelines.train.checkpoint import TrainState, save_checkpoint
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import ShardIndex
-from tests.distributed import one_rank_group
+from tests.registered import TINY, tiny_teacher_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
-TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
     """A one-rank distributed checkpoint of the tiny model whose teacher differs from its initialisation."""
-    with one_rank_group():
-        config = load_config(PretrainConfig, TINY)
-        torch.manual_seed(0)
-        model = SelfDistillation(config.model)
-        with torch.no_grad():
-            for p in model.teacher.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        save_checkpoint(tmp_path / "ckpt", model, None, TrainState(stage="stage2", step=42))
-        teacher = {k: v.clone() for k, v in model.teacher.backbone.state_dict().items()}
-    return config, tmp_path / "ckpt", teacher
+    return tiny_teacher_checkpoint(tmp_path / "ckpt")
 
 
 def test_export_writes_the_teacher_backbone_as_safetensors_with_its_specs(tmp_path, checkpoint):
