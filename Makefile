@@ -18,12 +18,15 @@ $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-data.txt $(QUIET_PIP)
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Optional real MRI from Debian (Colin27 + AAL). Tests that need it skip when it is absent.
+# Debian packages the tests use, installed when run as root: mricron-data (real MRI: Colin27 + AAL; its
+# tests skip when absent) and postgresql (the server binaries behind the team MLflow server's tests).
 debian-data:
-	@if [ -d /usr/share/mricron/templates ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq mricron-data >/dev/null) \
-	  || echo "note: could not install Debian's mricron-data; Colin27 will be skipped"; \
-	else echo "note: not root, skipping Debian's mricron-data (Colin27); its tests will skip"; fi
+	@missing=""; [ -d /usr/share/mricron/templates ] || missing=" mricron-data"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) \
+	  || echo "note: could not install Debian's$$missing; the tests that need it skip or fail"; \
+	else echo "note: not root, skipping Debian's$$missing; the tests that need it skip"; fi
 
 demo: install debian-data
 	$(VENV)/bin/braindino demo --config configs/demo.yaml
