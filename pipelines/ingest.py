@@ -21,6 +21,7 @@ if __name__ == "__main__":  # run as a file: this folder must not shadow the `in
 from braindino.config import flatten, to_dict
 from ingest.job import (INGEST_VERSION, FaultHook, IngestReport, IngestSettings, locate_scan, preview_ingest,
                         run_ingest)
+from ingest.lease import LeaseHeld, checking, hold_lease
 from ingest.spec import DatasetSpec, load_spec, spec_paths
 from pipelines.jobs import connect_ray, job_parser, load_job_config
 from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
@@ -39,7 +40,8 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
     """Run one incremental ingest of ``config.datasets``, print its summary and log it to MLflow."""
     specs = load_specs(config.datasets)
     connect_ray(config.ray_cpus)
-    report = run_ingest(specs, config.ingest, fault_hook)
+    with hold_lease(config.ingest.output, config.ingest.storage, owner="braindino ingest") as lease:
+        report = run_ingest(specs, config.ingest, checking(lease, fault_hook))
     print(report.summary())
     for item in report.quarantined:
         print(f"  quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
@@ -111,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print(preview_ingest(load_specs(chosen), config.ingest).summary())
         return
-    ingest(replace(config, datasets=chosen))
+    try:
+        ingest(replace(config, datasets=chosen))
+    except LeaseHeld as err:
+        sys.exit(f"ingest refused: {err}")
 
 
 if __name__ == "__main__":
