@@ -24,6 +24,7 @@ from ingest.job import (INGEST_VERSION, FaultHook, IngestReport, IngestSettings,
 from ingest.lease import LeaseHeld, checking, hold_lease
 from ingest.spec import DatasetSpec, load_spec, spec_paths
 from pipelines.jobs import connect_ray, job_parser, load_job_config
+from pipelines.shared_storage import require_shared_storage
 from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
 
 
@@ -40,6 +41,7 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
     """Run one incremental ingest of ``config.datasets``, print its summary and log it to MLflow."""
     specs = load_specs(config.datasets)
     connect_ray(config.ray_cpus)
+    require_shared_storage({"ingest.output": config.ingest.output, **{f"{s.name}.source": s.source for s in specs}})
     with hold_lease(config.ingest.output, config.ingest.storage, owner="braindino ingest") as lease:
         report = run_ingest(specs, config.ingest, checking(lease, fault_hook))
     print(report.summary())

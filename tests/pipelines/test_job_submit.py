@@ -12,7 +12,8 @@ import gzip
 import pytest
 from mlflow.tracking import MlflowClient
 
-from infra.local.services import LocalRayHead, create_bucket
+from infra.local.ray_nodes import LocalRayHead
+from infra.local.services import create_bucket
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
