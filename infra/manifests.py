@@ -24,6 +24,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from infra.references import reference_problems
+
 K8S = Path(__file__).resolve().parent / "k8s"
 KUBERAY_SCHEMAS = K8S / "schemas" / "kuberay-v1.7.0"
 KUBERAY_FILES = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices",
@@ -97,8 +99,6 @@ def load_documents(path: Path) -> list[Document]:
 
 def problems(document: Document) -> list[str]:
     """Everything wrong with one document, each line naming the document and the field."""
-    from infra.references import reference_problems
-
     found = schema_problems(document.body) + allowed_value_problems(document.body) + ray_start_problems(document.body)
     found += reference_problems(document.body)
     return [f"{document}: {problem}" for problem in found]
