@@ -29,7 +29,7 @@ class LocalRayNode:
     PORT_FLAGS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                   "metrics-export-port", "node-manager-port", "object-manager-port")
 
-    def __init__(self, head_address: str | None = None, num_cpus: int = 2, object_store_mb: int = 512,
+    def __init__(self, head_address: str, num_cpus: int = 2, object_store_mb: int = 512,
                  resources: dict[str, float] | None = None):
         self.head_address = head_address
         self.num_cpus = num_cpus
@@ -45,14 +45,28 @@ class LocalRayNode:
                 f"--object-store-memory={self.object_store_mb * 2**20}", f"--resources={json.dumps(self.resources)}",
                 "--disable-usage-stats", *(f"--{flag}={free_port()}" for flag in self.PORT_FLAGS)]
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """``ray start`` this node. Ray gives a raylet a fixed 30 s to register with the GCS, which a loaded
+        machine can miss: a failed start is killed and tried again, on fresh ports."""
         ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_raylet_start_wait_time_s": "300"}
-        env.pop("RAY_ADDRESS", None)
-        subprocess.run([ray, "start", *self.start_args()], check=True, env=env, stdout=subprocess.DEVNULL)
+        # Ray's own helpers that look a cluster up (the state API in Ray Train's placement-group cleaner)
+        # take RAY_ADDRESS, else the machine's last `ray start`: every process of this node names its own.
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.head_address}
+        for attempt in range(1, attempts + 1):
+            done = subprocess.run([ray, "start", *self.start_args()], env=env, capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            self._kill()
+            if attempt == attempts:
+                raise RuntimeError(f"`ray start` failed {attempts} times; last: {done.stderr.strip()[-2000:]}")
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL, every process of this node; then remove its temp dir."""
+        """End every process of this node, then remove its temp dir."""
+        self._kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _kill(self) -> None:
+        """SIGTERM, then SIGKILL, every process of this node."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             pids = self.pids()
             for pid in pids:
@@ -60,7 +74,6 @@ class LocalRayNode:
                     os.kill(pid, sig)
             if pids:
                 time.sleep(3)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def pids(self) -> list[int]:
         """The processes whose command line names this node's temp dir (raylet, agents, workers, ...)."""
@@ -78,9 +91,9 @@ class LocalRayHead(LocalRayNode):
     """A ``ray start --head`` with the dashboard (the job API) on loopback."""
 
     def __init__(self, num_cpus: int = 4, object_store_mb: int = 512, resources: dict[str, float] | None = None):
-        super().__init__(None, num_cpus, object_store_mb, resources)
         self.port = free_port()
         self.dashboard_port = free_port()
+        super().__init__(self.address, num_cpus, object_store_mb, resources)
 
     @property
     def address(self) -> str:
