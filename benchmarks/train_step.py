@@ -16,60 +16,48 @@ import argparse
 import json
 import platform
 import socket
-import sys
 import time
 from pathlib import Path
 
-# benchmarks/ingest.py would shadow the ingest package: import from the repo root, not this folder
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import torch
 import torch.distributed as dist
 
 from braindino.config import load_config
 from pipelines.train.config import PretrainConfig
-from pipelines.train.data import DataPosition, build_dataset, shard_index, with_augmentation, worker_batches
+from pipelines.train.checkpoint import DataPosition
+from pipelines.train.data import build_dataset, shard_index, with_augmentation, worker_batches
 from pipelines.train.loop import StagePlan, StageTrainer
+from pipelines.train.monitor import ThroughputWindow
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def memory_dataset(config: PretrainConfig):
-    import nibabel as nib
     import ray.data
 
-    from braindino.catalogue import entry
-    from braindino.volumes import PreprocessSpec, preprocess
+    from braindino.volumes import PreprocessSpec
+    from infra.local.catalogue import slice_stack
 
-    images = []
-    for name in ("icbm2009c_t1", "icbm2009c_t2"):
-        img = nib.load(str(entry(name).path))
-        _, kept = preprocess(np.asarray(img.dataobj, dtype=np.float32), img.affine,
-                             PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
-        images.extend(image for _, image, _ in kept)
-    ds = ray.data.from_numpy(np.stack(images)).map_batches(lambda b: {"image": b["data"]}, batch_format="numpy")
+    images = slice_stack(("icbm2009c_t1", "icbm2009c_t2"), PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
+    ds = ray.data.from_numpy(images).map_batches(lambda b: {"image": b["data"]}, batch_format="numpy")
     return ds.randomize_block_order()
 
 
 def measure(config: PretrainConfig, dataset, steps: int, warmup: int) -> dict:
     spec = config.stage1
     trainer = StageTrainer(StagePlan(config, "stage1", run_id="", tracking_uri=""), torch.device("cpu"), 0, 1)
-    position = DataPosition()
-    batches = worker_batches(dataset.iterator(), config, spec, position)
+    batches = worker_batches(dataset.iterator(), config, spec, DataPosition())
     maker = trainer.batch_maker()
     for step in range(warmup):
         trainer.train_step(maker(next(batches)), step)
-    wait0, start = position.wait_seconds, time.perf_counter()
+    window = ThroughputWindow(spec.batch_size_per_worker, trainer.tokens_per_image)
+    start = time.perf_counter()
     for step in range(warmup, warmup + steps):
-        trainer.train_step(maker(next(batches)), step)
-    elapsed = time.perf_counter() - start
-    crops = spec.crops
-    tokens = crops.n_global * (crops.global_size // 16) ** 2 + crops.n_local * (crops.local_size // 16) ** 2
-    images = steps * spec.batch_size_per_worker
-    return {"images_per_s": images / elapsed, "tokens_per_s": images * tokens / elapsed,
-            "step_s": elapsed / steps, "data_wait_fraction": (position.wait_seconds - wait0) / elapsed}
+        waiting = time.perf_counter()
+        raw = next(batches)
+        window.add_step(time.perf_counter() - waiting)
+        trainer.train_step(maker(raw), step)
+    return {**window.read(), "step_s": (time.perf_counter() - start) / steps}
 
 
 def main() -> None:

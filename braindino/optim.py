@@ -22,7 +22,8 @@ PROTOTYPE_LAYER = "prototypes"
 
 @dataclass
 class OptimConfig:
-    """AdamW and gradient settings (DINOv3 defaults; the paper states clip 3.0 and the first-epoch freeze)."""
+    """AdamW and gradient settings (DINOv3 defaults; the paper states clip 3.0). The prototype freeze is a
+    schedule of each stage (``ScheduleConfig.freeze_prototypes_epochs``)."""
 
     base_lr: float = 1e-3
     reference_batch_size: int = 1024
@@ -30,7 +31,6 @@ class OptimConfig:
     patch_embed_lr_multiplier: float = 0.2
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float = 3.0
-    freeze_prototypes_epochs: float = 1.0
 
 
 def scaled_lr(batch_size: int, base_lr: float = 1e-3, reference_batch_size: int = 1024) -> float:
@@ -93,10 +93,8 @@ def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: f
         group["weight_decay"] = weight_decay * group["wd_multiplier"]
 
 
-def cancel_prototype_gradients(network: nn.Module, step: int, freeze_steps: int) -> None:
-    """Before ``freeze_steps``, drop the prototype layers' gradients so AdamW skips them entirely."""
-    if step >= freeze_steps:
-        return
+def drop_prototype_gradients(network: nn.Module) -> None:
+    """Drop the prototype layers' gradients so that AdamW skips them entirely (the prototype freeze)."""
     for name, param in network.named_parameters():
         if PROTOTYPE_LAYER in name.split("."):
             param.grad = None

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 
 LEASE_NAME = "lease.json"
 DEFAULT_TTL_S = 900.0

@@ -12,9 +12,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from datastore.objectstore import ObjectStoreConfig
 from ingest.readers import FORMAT_SUFFIXES, ScanPayload
 from ingest.spec import DatasetSpec
-from ingest.storage import ObjectStoreConfig
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from braindino.config import load_config
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pipelines.pretrain", "two-stage self-distillation on Ray Train (FSDP2), tracked in MLflow"),
     "register": ("pipelines.register", "export the EMA teacher to the MLflow registry; 'register promote' sets champion"),
     "demo": ("pipelines.demo", "run the whole platform end to end on local services and bundled real MRI"),
-    "ingest": ("pipelines.ingest", "raw scans in object storage -> zarr volumes, WebDataset shards and the manifest"),
+    "ingest": ("pipelines.ingestion", "raw scans in object storage -> zarr volumes, WebDataset shards and the manifest"),
 }
 
 

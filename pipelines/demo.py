@@ -10,7 +10,7 @@ from braindino.config import load_config
 from infra.local.bundled import missing_entries, upload_bundled
 from infra.local.ray_nodes import local_ray_head
 from infra.local.services import LocalStack, create_bucket, local_stack
-from pipelines.ingest import IngestConfig
+from pipelines.ingestion import IngestConfig
 from pipelines.jobs import run_job, submit_job
 
 
@@ -54,7 +54,7 @@ def run_ingest_stage(config: DemoConfig, stack: LocalStack, address: str) -> Non
     output = (config.workdir / "ingest").resolve()
     datasets_dir = load_config(IngestConfig, config.ingest_config).datasets_dir
     print(f"[demo] ingesting s3://{config.bucket}/raw/ into {output}")
-    submit_job(address, "ingest.py", [
+    submit_job(address, "ingestion.py", [
         "--config", str(config.ingest_config),
         *(item for name in config.datasets for item in ("--dataset", f"{datasets_dir}/{name}.yaml")),
         "--set", f"ingest.output={output}", "--set", f"ingest.storage.endpoint_url={stack.store.endpoint_url}",
@@ -66,7 +66,10 @@ def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
     """``ray job submit`` the tiny two-stage pretraining to the local head; the job registers the encoder."""
     import time
 
+    from mlflow.tracking import MlflowClient
+
     from pipelines.pretrain import submit
+    from pipelines.registry import DIGEST_TAG, ENCODER_MODEL
 
     name = time.strftime("demo-%Y%m%d-%H%M%S")
     print(f"[demo] pretraining {config.pretrain_config}")
@@ -76,8 +79,10 @@ def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
     ], stack.mlflow.tracking_uri, name)
     print(f"[demo] pretraining run {name}: open http://127.0.0.1:5000 -> experiment braindino-pretrain -> run {run_id}")
     print("[demo]   metrics (loss terms, lr, feature std, images/s, knn_probe_accuracy), artifacts pca/*.png")
-    print("[demo] encoder registered as models:/braindino-encoder@candidate; promote with "
-          "'braindino register promote --version N'")
+    version = MlflowClient(stack.mlflow.tracking_uri).get_model_version_by_alias(ENCODER_MODEL, "candidate")
+    print(f"[demo] encoder registered as models:/{ENCODER_MODEL}@candidate (version {version.version}, commit "
+          f"{version.tags['git.commit']}, dirty {version.tags['git.dirty']}, weights sha256 {version.tags[DIGEST_TAG]}); "
+          "promote with 'braindino register promote --version N'")
 
 
 def main(argv=None) -> None:

@@ -49,8 +49,8 @@ def run_job(prog: str, description: str, config_cls: type[T], run: Callable[[T],
 def connect_ray(num_cpus: int | None = None) -> None:
     """Attach to the cluster in RAY_ADDRESS (``ray job submit`` sets it), else start a local Ray.
 
-    Under a cluster no resource arguments are passed (platform notes F6). A RAY_ADDRESS that is an
-    ``http(s)://`` job-API URL is not a driver address: such a driver must be submitted as a job.
+    Under a cluster no resource arguments are passed (Ray refuses them when attaching). A RAY_ADDRESS
+    that is an ``http(s)://`` job-API URL is not a driver address: such a driver must be submitted as a job.
     """
     import ray
 
@@ -66,27 +66,31 @@ def connect_ray(num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
 
 
-JOB_EXCLUDES = [".git", ".venv", ".local", ".devcarry", ".pytest_cache", "*.egg-info"]
+JOB_EXCLUDES = [".git", ".venv", ".local", ".pytest_cache", "*.egg-info"]
 
 
 def submit_job(address: str, script: str, args: list[str]) -> None:
     """``ray job submit`` ``python pipelines/<script> ARGS`` to the cluster whose job API is ``address``.
 
-    The repository (less ``JOB_EXCLUDES``) is the job's working directory. The job runs with the
-    cluster's environment, not this process's: secrets such as storage credentials and the pseudonym
-    key belong to the cluster. On a head on this machine the job runs with this interpreter, on a
-    remote one with the image's ``python``. Raises ``CalledProcessError`` when the job fails.
+    The repository (less ``JOB_EXCLUDES``) is the job's working directory. It carries no ``.git``, so
+    the repository's commit and whether its tree is dirty travel as environment variables
+    (``pipelines.tracking.revision_env``) and every MLflow run the job opens names them. Otherwise the
+    job runs with the cluster's environment, not this process's: secrets such as storage credentials
+    and the pseudonym key belong to the cluster. On a head on this machine the job runs with this
+    interpreter, on a remote one with the image's ``python``. Raises ``CalledProcessError`` when the job fails.
     """
-    import json
     import subprocess
     from pathlib import Path
     from urllib.parse import urlparse
 
+    from pipelines.tracking import revision_env
+
     repo = Path(__file__).resolve().parents[1]
     ray = Path(sys.executable).parent / "ray"
     python = sys.executable if urlparse(address).hostname in ("127.0.0.1", "localhost", "::1") else "python"
+    runtime_env = {"excludes": JOB_EXCLUDES, "env_vars": revision_env(repo)}
     command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address,
-               "--working-dir", str(repo), "--runtime-env-json", json.dumps({"excludes": JOB_EXCLUDES}), "--",
+               "--working-dir", str(repo), "--runtime-env-json", json.dumps(runtime_env), "--",
                python, f"pipelines/{script}", *args]
     print(f"[submit] ray job submit --address {address} -- python pipelines/{script} {' '.join(args[:2])} ...",
           flush=True)

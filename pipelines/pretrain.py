@@ -15,19 +15,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python pipelines/pretrain.py` (ray job submit): import from the repo
-    # root, never from pipelines/ (where pipelines/ingest.py would shadow the ingest package)
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_here)]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from braindino.config import flatten, to_dict  # noqa: E402
-from pipelines.jobs import connect_ray, job_parser, load_job_config, submit_job  # noqa: E402
-from pipelines.shared_storage import require_shared_storage  # noqa: E402
-from pipelines.tracking import provenance_tags, use_experiment  # noqa: E402
-from pipelines.train.config import PretrainConfig  # noqa: E402
-from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index  # noqa: E402
-from pipelines.train.loop import StagePlan, TrainingDiverged, train_stage  # noqa: E402
+from braindino.config import flatten, to_dict
+from pipelines.jobs import connect_ray, job_parser, load_job_config, submit_job
+from pipelines.shared_storage import require_shared_storage
+from pipelines.tracking import provenance_tags, use_experiment
+from pipelines.train.config import PretrainConfig
+from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index
+from pipelines.train.loop import StagePlan, TrainingDiverged, train_stage
+from pipelines.train.resources import ClusterTooSmall, DataResources, autoscaling_capacity, plan_data_resources
+from pipelines.train.watchdog import DataStalled, progress_actor
 
 log = logging.getLogger("braindino.pretrain")
 
@@ -48,14 +44,20 @@ def _storage(config: PretrainConfig) -> tuple[str, object | None]:
     return str(Path(path).resolve()), None
 
 
-def fit_stage(config: PretrainConfig, stage: str, index: ShardIndex, plan: StagePlan):
-    """One ``TorchTrainer.fit`` for ``stage``; the run name makes it resumable."""
+def fit_stage(config: PretrainConfig, stage: str, index: ShardIndex, plan: StagePlan, data: DataResources):
+    """One ``TorchTrainer.fit`` for ``stage``; the run name makes it resumable.
+
+    Raises ``DataStalled`` when the workers' stream stalled on the last allowed attempt.
+    """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
 
     workers = config.workers
     resources = {"CPU": workers.cpus_per_worker, **({"GPU": 1} if workers.use_gpu else {})}
     storage_path, storage_fs = _storage(config)
+    progress = progress_actor(config.name)
     trainer = TorchTrainer(
         lambda loop_config: train_stage(loop_config["plan"]),
         train_loop_config={"plan": plan},
@@ -66,9 +68,29 @@ def fit_stage(config: PretrainConfig, stage: str, index: ShardIndex, plan: Stage
             failure_config=FailureConfig(max_failures=config.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.num_to_keep),
         ),
-        datasets={"train": build_dataset(index, config, config.stage(stage))},
+        datasets={"train": build_dataset(index, config, config.stage(stage), data, progress)},
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except TrainingFailedError as err:
+        for failure in getattr(err, "worker_failures", {}).values():
+            cause = getattr(failure, "_base_exc", failure)  # Ray Train wraps the worker's own exception
+            if isinstance(cause, DataStalled):
+                raise cause from err
+        raise
+    finally:
+        ray.kill(progress)
+
+
+def data_resources(config: PretrainConfig) -> DataResources:
+    """The stream's CPU budget on the connected cluster, or ``ClusterTooSmall`` (see ``plan_data_resources``)."""
+    import ray
+
+    data = plan_data_resources(config, ray.cluster_resources(), autoscaling_capacity())
+    log.info("stream: read + decode tasks at %g CPU%s", data.read_cpus,
+             f", {data.augment_actors[0]}-{data.augment_actors[1]} augment actors at {data.augment_cpus:g} CPU"
+             if config.data.augment_on == "ray_data" else "")
+    return data
 
 
 def finished_stage(config: PretrainConfig, stage: str, recorded: str | None):
@@ -123,6 +145,7 @@ def run(config: PretrainConfig) -> PretrainResult:
     logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
     connect_ray()
     require_shared_storage({"data.manifest": config.data.manifest, "checkpoint.storage_path": config.checkpoint.storage_path})
+    data = data_resources(config)
     index = shard_index(config.data.manifest, config.data.store)
     log.info("data: %s", describe(index))
     probe = probe_set(index, config.data.store, config.data.probe_slices_per_class)
@@ -139,7 +162,13 @@ def run(config: PretrainConfig) -> PretrainResult:
             final_step = config.first_step(stage) + config.stage(stage).iterations
             continue
         plan = StagePlan(config, stage, run_id, uri, probe, init_from=checkpoints.get("stage1"))
-        result = fit_stage(config, stage, index, plan)
+        try:
+            result = fit_stage(config, stage, index, plan, data)
+        except DataStalled as err:
+            client.set_tag(run_id, "braindino.status", "stalled")
+            client.set_tag(run_id, "braindino.stalled_message", str(err)[:4000])
+            client.set_terminated(run_id, "FAILED")
+            raise
         if result.checkpoint is None:
             client.set_terminated(run_id, "FAILED")
             raise RuntimeError(f"{stage} produced no checkpoint: {result.error!r}")
@@ -188,7 +217,9 @@ def main(argv=None) -> None:
     config = load_job_config(PretrainConfig, args)
     try:
         run(config)
-    except TrainingDiverged as err:
+    except ClusterTooSmall as err:
+        sys.exit(f"pretrain cannot start: {err}")
+    except (TrainingDiverged, DataStalled) as err:
         sys.exit(f"pretrain stopped: {err}")
 
 

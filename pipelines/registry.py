@@ -4,6 +4,9 @@ Names: the frozen encoder is ``braindino-encoder``; the head of task ``TASK`` is
 A registered encoder version holds an export folder (``encoder.safetensors``, ``encoder.json``,
 ``preprocess.json``) among its artifacts and the weights' SHA-256 as the version tag
 ``weights_sha256``. Evaluation and serving read that folder directly: safetensors and JSON only.
+Through MLflow the version is a pyfunc logged from code (``pipelines/encoder_pyfunc.py``): loading it
+runs that file and reads the same folder, so no path unpickles anything. The version also names the
+code that trained it (tags ``git.commit``, ``git.dirty``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from braindino.volumes import PreprocessSpec
 
 ENCODER_MODEL = "braindino-encoder"
 HEAD_MODEL_PREFIX = "braindino-head-"
+EXPORT_ARTIFACT = "encoder"  # the pyfunc's artifact key for the export folder
 WEIGHTS_FILE = "encoder.safetensors"
 PREPROCESS_FILE = "preprocess.json"
 DIGEST_TAG = "weights_sha256"

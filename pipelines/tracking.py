@@ -52,9 +52,37 @@ def use_experiment(config: TrackingConfig) -> str:
     return experiment_id
 
 
+# Set by ``pipelines.jobs.submit_job`` in the job's runtime environment: the working directory Ray
+# uploads carries no ``.git``, so the submitting side records the revision for the driver.
+COMMIT_ENV = "BRAINDINO_GIT_COMMIT"
+DIRTY_ENV = "BRAINDINO_GIT_DIRTY"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_revision(repo: Path = REPO_ROOT) -> dict[str, str]:
+    """``{"git.commit": SHA, "git.dirty": "true"|"false"}`` of the code this process runs.
+
+    A submitted job reads what the submitter recorded (``COMMIT_ENV``/``DIRTY_ENV``); a local run asks
+    git about ``repo``. Dirty means tracked changes or untracked files git does not ignore, i.e. the
+    code that ran is not exactly the commit. Without either source both read ``unknown``.
+    """
+    if os.environ.get(COMMIT_ENV):
+        return {"git.commit": os.environ[COMMIT_ENV], "git.dirty": os.environ.get(DIRTY_ENV, "unknown")}
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain") if commit is not None else None
+    return {"git.commit": commit or "unknown",
+            "git.dirty": "unknown" if status is None else str(bool(status.strip())).lower()}
+
+
+def revision_env(repo: Path = REPO_ROOT) -> dict[str, str]:
+    """The environment variables that carry ``repo``'s revision into a submitted job."""
+    revision = source_revision(repo)
+    return {COMMIT_ENV: revision["git.commit"], DIRTY_ENV: revision["git.dirty"]}
+
+
 def provenance_tags() -> dict[str, str]:
-    """Git commit and the versions of the packages a run depends on."""
-    tags = {"git.commit": _git_commit()}
+    """Git commit (and whether the tree was dirty) and the versions of the packages a run depends on."""
+    tags = source_revision()
     for package in ("braindino", "torch", "ray", "mlflow", "numpy"):
         try:
             tags[f"version.{package}"] = importlib.metadata.version(package)
@@ -63,10 +91,9 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
-def _git_commit() -> str:
+def _git(repo: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=repo)
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from braindino.catalogue import CatalogueEntry, entry
-from infra.local.services import LOCAL_KEYS, LocalMlflow, LocalObjectStore, create_bucket
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
+from infra.local.catalogue import CatalogueEntry, entry
+from infra.local.services import LOCAL_KEYS, LocalMlflow, LocalObjectStore, create_bucket, fault_proxied
 
 os.environ.update(LOCAL_KEYS)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -34,6 +34,14 @@ def bucket(object_store: ObjectStoreConfig) -> str:
     name = f"t-{uuid.uuid4().hex[:12]}"
     create_bucket(object_store, name)
     return name
+
+
+@pytest.fixture
+def flaky_store(object_store: ObjectStoreConfig):
+    """``(config, proxy)``: the session's S3 endpoint behind a fault-injecting proxy for one test; the
+    config goes to the code under test, the proxy injects faults (none until told) and counts them."""
+    with fault_proxied(object_store) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +85,15 @@ def team_mlflow(object_store):
         pytest.skip(str(err))
     with start(object_store) as server:
         yield server
+
+
+@pytest.fixture
+def gloo_rank():
+    """A one-rank gloo process group for the test (collectives and DTensors without spawning)."""
+    from tests.distributed import one_rank_group
+
+    with one_rank_group():
+        yield
 
 
 def real_scan(name: str) -> CatalogueEntry:

@@ -46,19 +46,11 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
 def slices(n: int = 256, size: int = 256) -> np.ndarray:
     """Real z-scored axial slices (background 0) when available, else synthetic ellipses with texture."""
     try:
-        from braindino.catalogue import entry
-        from braindino.volumes import PreprocessSpec, preprocess
-        import nibabel as nib
+        from braindino.volumes import PreprocessSpec
+        from infra.local.catalogue import slice_stack
 
-        out = []
-        for name in ("icbm2009c_t1", "icbm2009c_t2"):
-            item = entry(name)
-            if not item.available:
-                raise FileNotFoundError(name)
-            img = nib.load(str(item.path))
-            _, kept = preprocess(np.asarray(img.dataobj, dtype=np.float32), img.affine, PreprocessSpec(slice_size=size))
-            out.extend(image for _, image, _ in kept)
-        return np.stack([out[i % len(out)] for i in range(n)]).astype(np.float32)
+        out = slice_stack(("icbm2009c_t1", "icbm2009c_t2"), PreprocessSpec(slice_size=size))
+        return np.stack([out[i % len(out)] for i in range(n)])
     except Exception:
         rng = np.random.default_rng(0)
         yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]

@@ -1,9 +1,13 @@
 """Frozen encoder API: load an exported backbone, embed slices and volumes.
 
-Export layout (format version 1): ``NAME.safetensors`` holds the backbone state dict (keys as in
-``VisionTransformer.state_dict()``), and ``NAME.json`` beside it holds ``{"format_version": 1,
-"vit": ViTConfig fields}``. Inputs are already-normalised single-channel slices ``[B, 1, H, W]``
-(preprocessing lives in ``braindino.volumes``).
+Export layout (format version 2): ``NAME.safetensors`` holds the backbone state dict (keys as in
+``VisionTransformer.state_dict()``), and ``NAME.json`` beside it holds ``{"format_version": 2,
+"vit": ViTConfig fields}``, including ``vit.rope`` (``base``, the ``coordinates`` layout the encoder
+was trained with, and the training-only augmentation settings). An encoder always runs with the
+layout it was trained with. Version 1 sidecars held ``vit.rope_base`` and predate the layout choice:
+their encoders were trained on centred patch indices and load with ``coordinates: patch_index``.
+Inputs are already-normalised single-channel slices ``[B, 1, H, W]`` (preprocessing lives in
+``braindino.volumes``).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from braindino.config import ConfigError, build
 from braindino.features.pooling import AttentionPooling
 from braindino.models.vit import ViTConfig, VisionTransformer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -35,10 +40,23 @@ def read_sidecar_config(path: str | Path) -> ViTConfig:
     sidecar = sidecar_path(path)
     if not sidecar.exists():
         raise CheckpointError(f"{sidecar} not found: pass config= to Encoder.from_checkpoint or write the sidecar")
-    payload = json.loads(sidecar.read_text())
+    payload = upgrade_sidecar(json.loads(sidecar.read_text()), sidecar)
+    try:
+        return build(ViTConfig, payload["vit"], str(sidecar), "vit.")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
+
+
+def upgrade_sidecar(payload: dict, source: Path) -> dict:
+    """A sidecar mapping in the current format; version 1 becomes version 2 with the patch-index layout."""
+    if payload.get("format_version") == 1:
+        vit = dict(payload["vit"])
+        vit["rope"] = {"base": vit.pop("rope_base", 100.0), "coordinates": "patch_index"}
+        payload = {**payload, "format_version": 2, "vit": vit}
     if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{sidecar}: format_version {payload.get('format_version')!r}, expected {FORMAT_VERSION}")
-    return ViTConfig(**payload["vit"])
+        raise CheckpointError(f"{source}: format_version {payload.get('format_version')!r}, expected 1 or "
+                              f"{FORMAT_VERSION}")
+    return payload
 
 
 def check_state_dict(expected: dict[str, Tensor], found: dict[str, Tensor], source: str) -> None:

@@ -1,8 +1,9 @@
 """Vision Transformer backbone for single-channel MRI slices.
 
 Patch size 16, register tokens, axial 2D RoPE instead of a position table (any input whose sides
-are multiples of the patch size is valid), LayerScale, stochastic depth and a learned mask token
-that replaces masked patch embeddings (iBOT). Sizes come from ``ViTConfig.size``:
+are multiples of the patch size is valid; ``ViTConfig.rope`` sets its coordinate layout and training
+augmentation), LayerScale, stochastic depth and a learned mask token that replaces masked patch
+embeddings (iBOT). Sizes come from ``ViTConfig.size``:
 
 | size  | embed_dim | depth | heads | params  | use                          |
 |-------|-----------|-------|-------|---------|------------------------------|
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from braindino.models.layers import Block, init_linear_layers
-from braindino.models.rope import grid_coordinates, rope_angles
+from braindino.models.rope import RopeConfig, RotaryEmbedding
 
 ViTSize = Literal["micro", "tiny", "small", "base", "large"]
 
@@ -51,7 +52,7 @@ class ViTConfig:
     qkv_bias: bool = False
     layerscale_init: float = 1e-5
     drop_path_rate: float = 0.0
-    rope_base: float = 100.0
+    rope: RopeConfig = field(default_factory=RopeConfig)
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_PRESETS:
@@ -113,6 +114,7 @@ class VisionTransformer(nn.Module):
             for rate in drop_rates
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.rope = RotaryEmbedding(config.rope, dim // config.num_heads)
         self.reset_parameters()
 
     @property
@@ -140,8 +142,7 @@ class VisionTransformer(nn.Module):
         tokens = torch.cat(
             [self.cls_token.expand(batch, -1, -1), self.register_tokens.expand(batch, -1, -1), patches], dim=1
         )
-        coords = grid_coordinates(*grid, device=x.device)
-        cos, sin = rope_angles(coords, self.embed_dim // self.config.num_heads, self.config.rope_base)
+        cos, sin = self.rope(grid, x.device)
         prefix = self.n_prefix
         blocks = {}
         for index, block in enumerate(self.blocks):

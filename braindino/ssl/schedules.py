@@ -1,4 +1,8 @@
-"""Training schedules as small callables ``schedule(step) -> float``."""
+"""Training schedules as small callables ``schedule(step) -> float``, and one stage's set of them.
+
+Each training stage follows its own schedules, counted from the stage's first iteration. Lengths in a
+``ScheduleConfig`` are in epochs of ``steps_per_epoch`` iterations and are clipped to the stage.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +51,13 @@ class LinearWarmup:
 
 @dataclass
 class ScheduleConfig:
-    """Schedule hyper-parameters in epochs (the DINOv3 defaults); the peak lr comes from ``optim.scaled_lr``."""
+    """One stage's schedules (lengths in epochs); these defaults are the DINOv2/v3 pretraining recipe.
+
+    The peak lr is ``optim.scaled_lr`` of the stage's global batch; the lr warms up linearly from 0,
+    then decays by cosine to ``final_lr_fraction`` of the peak at the stage's last iteration. Weight
+    decay and EMA momentum follow a cosine from start to end over the stage, the teacher temperature a
+    linear warm-up, and the prototype layers get no update for ``freeze_prototypes_epochs``.
+    """
 
     warmup_epochs: float = 10.0
     final_lr_fraction: float = 1e-3
@@ -58,20 +68,56 @@ class ScheduleConfig:
     teacher_temp_warmup_epochs: float = 30.0
     momentum_start: float = 0.992
     momentum_end: float = 1.0
+    freeze_prototypes_epochs: float = 1.0
+
+
+@dataclass
+class HighResScheduleConfig(ScheduleConfig):
+    """Defaults of the high-resolution stage (stage 2), which continues a trained stage 1.
+
+    A short lr warm-up (the optimizer state starts afresh) then cosine decay within the stage; the
+    teacher temperature held at its final 0.07; weight decay held at stage 1's final 0.4; no prototype
+    freeze. The EMA momentum is held at 0.999 rather than continued: stage 1's cosine ends at 1.0, a
+    teacher that no longer follows the student.
+    """
+
+    warmup_epochs: float = 1.0
+    weight_decay_start: float = 0.4
+    teacher_temp_start: float = 0.07
+    teacher_temp_warmup_epochs: float = 0.0
+    momentum_start: float = 0.999
+    momentum_end: float = 0.999
+    freeze_prototypes_epochs: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScheduleValues:
+    """What one iteration runs with."""
+
+    lr: float
+    weight_decay: float
+    momentum: float
+    teacher_temp: float
+    freeze_prototypes: bool
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "momentum": self.momentum,
+                "teacher_temp": self.teacher_temp, "prototypes_frozen": float(self.freeze_prototypes)}
 
 
 @dataclass(frozen=True)
 class TrainingSchedules:
-    """The four schedules one pretraining run follows."""
+    """The schedules of one stage; ``at(step)`` with ``step`` counted from the stage's first iteration."""
 
     lr: WarmupCosine
     weight_decay: WarmupCosine
     teacher_temp: LinearWarmup
     momentum: WarmupCosine
+    freeze_prototypes_steps: int = 0
 
     @classmethod
     def build(cls, config: ScheduleConfig, peak_lr: float, total_steps: int, steps_per_epoch: int) -> "TrainingSchedules":
-        """Schedules for ``total_steps`` iterations of ``steps_per_epoch`` each (warm-ups clipped to the run)."""
+        """Schedules for a stage of ``total_steps`` iterations, ``steps_per_epoch`` each (warm-ups clipped to it)."""
 
         def epochs(n: float) -> int:
             return min(total_steps, round(n * steps_per_epoch))
@@ -83,4 +129,9 @@ class TrainingSchedules:
                 config.teacher_temp_start, config.teacher_temp_end, epochs(config.teacher_temp_warmup_epochs)
             ),
             momentum=WarmupCosine(config.momentum_start, config.momentum_end, total_steps),
+            freeze_prototypes_steps=epochs(config.freeze_prototypes_epochs),
         )
+
+    def at(self, step: int) -> ScheduleValues:
+        return ScheduleValues(lr=self.lr(step), weight_decay=self.weight_decay(step), momentum=self.momentum(step),
+                              teacher_temp=self.teacher_temp(step), freeze_prototypes=step < self.freeze_prototypes_steps)

@@ -1,9 +1,10 @@
 """Stage-1/2 objective: a student and an EMA teacher with identical structure, and the combined loss.
 
 ``SelfDistillation.forward(batch, teacher_temp)`` returns ``(total_loss, metrics)`` with
-``total = dino + ibot + koleo_weight * koleo [+ gram.weight * gram]``. The training loop (optimiser,
-schedules, EMA step, FSDP) lives in ``pipelines/``; ``student`` and ``teacher`` are separate modules
-of the same structure so they can be sharded identically.
+``total = dino_weight * dino + ibot_weight * ibot + koleo_weight * koleo [+ gram.weight * gram]``, where
+``koleo`` is the sum of the KoLeo term of each global crop's student CLS tokens (0.1 per global crop,
+as in DINOv2/v3). The optimisation step is ``braindino.ssl.training_step``; FSDP lives in ``pipelines/``.
+``student`` and ``teacher`` are separate modules of the same structure so they can be sharded identically.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class SelfDistillation(nn.Module):
                 temp,
             ),
             "ibot": ibot_loss(student_ibot, teacher_ibot, batch.masks, temp),
-            "koleo": torch.stack([koleo_loss(view) for view in global_out.cls.chunk(n_global)]).mean(),
+            "koleo": torch.stack([koleo_loss(view) for view in global_out.cls.chunk(n_global)]).sum(),
         }
         weights = {"dino": self.config.dino_weight, "ibot": self.config.ibot_weight, "koleo": self.config.koleo_weight}
         if self.gram_teacher is not None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from braindino.volumes.canonical import CanonicalVolume
 
-Slice = tuple[int, np.ndarray, float]
+
+class Slice(NamedTuple):
+    """One kept axial slice: its index in the canonical volume, its square image, its foreground fraction."""
+
+    z: int
+    image: np.ndarray  # [size, size] float32
+    foreground_fraction: float
 
 
 def non_empty_range(vol: CanonicalVolume) -> tuple[int, int]:
@@ -46,7 +54,7 @@ def centre_pad_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def axial_slices(vol: CanonicalVolume, size: int = 256, min_foreground: float = 0.05) -> list[Slice]:
-    """The axial slices worth keeping, as ``(z, slice, foreground_fraction)`` in increasing ``z``.
+    """The axial slices worth keeping, in increasing ``z``.
 
     Slices come from ``vol.data[:, :, z]`` (rows run left -> right, columns posterior -> anterior)
     within the non-empty axial range, and are kept when the fraction of non-zero voxels in the
@@ -63,7 +71,7 @@ def axial_slices(vol: CanonicalVolume, size: int = 256, min_foreground: float = 
     window = vol.data[src_x, src_y]
     for image, z in zip(images, kept):
         image[dst_x, dst_y] = window[:, :, z]
-    return [(z, image, float(fractions[z])) for z, image in zip(kept, images)]
+    return [Slice(z, image, float(fractions[z])) for z, image in zip(kept, images)]
 
 
 def evenly_spaced(slices: list[Slice], count: int) -> list[Slice]:

@@ -22,14 +22,13 @@ from braindino.volumes.slicing import Slice, axial_slices
 class PreprocessSpec:
     """How a volume becomes model input; serialised as JSON beside every exported encoder."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
+    RETIRED: ClassVar[tuple[str, ...]] = ("channels", "slices_per_volume")  # version-1 keys nothing read
 
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     slice_size: int = 256
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     min_foreground: float = 0.05
-    channels: int = 1
-    slices_per_volume: int = 128
     version: int = VERSION
 
     def __post_init__(self) -> None:
@@ -40,8 +39,8 @@ class PreprocessSpec:
         low, high = self.clip_percentiles
         if not 0 <= low < high <= 100:
             raise ValueError(f"PreprocessSpec.clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
-        if self.slice_size <= 0 or self.channels <= 0 or self.slices_per_volume <= 0:
-            raise ValueError("PreprocessSpec.slice_size, channels and slices_per_volume must be positive")
+        if self.slice_size <= 0:
+            raise ValueError(f"PreprocessSpec.slice_size must be positive, got {self.slice_size}")
         if not 0 <= self.min_foreground <= 1:
             raise ValueError(f"PreprocessSpec.min_foreground must lie in [0, 1], got {self.min_foreground}")
         if self.version != self.VERSION:
@@ -52,7 +51,10 @@ class PreprocessSpec:
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessSpec:
+        """Parse a spec; a version-1 spec (with ``RETIRED`` keys, equal otherwise) reads as version 2."""
         raw: dict[str, Any] = json.loads(text)
+        if raw.get("version") == 1:
+            raw = {**{k: v for k, v in raw.items() if k not in cls.RETIRED}, "version": cls.VERSION}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -72,7 +74,7 @@ def preprocess(
 
     ``data`` is a 3D array whose voxel -> RAS mm map is ``affine``; ``mask`` (optional, same grid as
     ``data``) selects the voxels that define and keep intensity (e.g. a brain mask). Returns the
-    normalised canonical volume and its kept ``(z, slice, foreground_fraction)`` tuples. With
+    normalised canonical volume and its kept ``Slice``s. With
     ``overwrite_data`` the caller gives ``data`` up: when the canonical volume is ``data`` itself (a
     Fortran-ordered RAS float32 array at the target spacing) it is normalised in place, saving a copy.
     """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from braindino.catalogue import CatalogueEntry, entry
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
+from infra.local.catalogue import CatalogueEntry, entry
 
 
 def scan_files(item: CatalogueEntry) -> list[Path]:

@@ -1,4 +1,5 @@
-"""The local services that the demo and the tests run on: S3 on loopback and MLflow on sqlite.
+"""The local services that the demo and the tests run on: S3 on loopback (optionally behind a
+fault-injecting proxy) and MLflow on sqlite.
 
 Each is real (moto's S3 server, MLflow's own sqlite store), bound to 127.0.0.1, and started and
 stopped by the project (Ray nodes: ``infra.local.ray_nodes``; the team MLflow server:
@@ -12,11 +13,12 @@ import contextlib
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
+from infra.local.faults import FaultProxy
 
 LOCAL_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -44,6 +46,18 @@ class LocalObjectStore:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+@contextlib.contextmanager
+def fault_proxied(store: ObjectStoreConfig) -> Iterator[tuple[ObjectStoreConfig, FaultProxy]]:
+    """``store`` behind a fault-injecting proxy on loopback while the block runs: the config to give the
+    code under test, and the proxy that injects faults (none until told) and counts them."""
+    proxy = FaultProxy(store.endpoint_url)
+    proxy.start()
+    try:
+        yield replace(store, endpoint_url=proxy.url), proxy
+    finally:
+        proxy.stop()
 
 
 def create_bucket(store: ObjectStoreConfig, name: str) -> None:

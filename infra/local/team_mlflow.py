@@ -27,7 +27,7 @@ import yaml
 
 from infra.local.postgres import LocalPostgres
 from infra.local.services import LocalObjectStore, create_bucket, free_port
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 
 MANIFEST = Path(__file__).resolve().parents[1] / "k8s" / "mlflow.yaml"
 

@@ -1,11 +1,13 @@
-"""The checkpoint layout (version 1) and how a run saves and restores it.
+"""The checkpoint layout (version 2) and how a run saves and restores it.
 
 A checkpoint is one directory:
 
     .metadata, __<rank>_0.distcp   torch.distributed.checkpoint of {"student", "teacher", "optimizer"
                                    [, "gram_teacher"]}, written collectively by every rank; DCP
                                    reshards on load, so a different number of workers can read it
-    train_state.json               ``TrainState``: stage, next step, data position, MLflow run id
+    train_state.json               ``TrainState``: stage, next step, data position (``DataPosition``
+                                   under ``data``), MLflow run id; a version-1 file (the position's
+                                   fields at the top level) is read through ``upgrade_state``
     rng/rank<R>.json               each rank's torch/NumPy/Python RNG state as plain numbers (nothing to
                                    unpickle; restored when the world size matches)
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +38,18 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 STATE_FILE = "train_state.json"
+_POSITION_FIELDS = ("data_epoch", "batches_in_epoch", "samples_seen")
+
+
+@dataclass
+class DataPosition:
+    """Where a worker is in its data stream; a restart skips what the current pass already consumed."""
+
+    data_epoch: int = 0  # completed passes over the worker's dataset shard
+    batches_in_epoch: int = 0  # batches consumed in the current pass
+    samples_seen: int = 0  # by this worker, over the whole run
 
 
 @dataclass
@@ -46,9 +58,7 @@ class TrainState:
 
     stage: str = "stage1"
     step: int = 0
-    data_epoch: int = 0
-    batches_in_epoch: int = 0
-    samples_seen: int = 0
+    data: DataPosition = field(default_factory=DataPosition)
     mlflow_run_id: str = ""
     world_size: int = 1
     diverged: bool = False
@@ -57,10 +67,21 @@ class TrainState:
     @classmethod
     def read(cls, directory: str | Path) -> "TrainState":
         path = Path(directory) / STATE_FILE
-        raw = json.loads(path.read_text())
-        if raw.get("version") != LAYOUT_VERSION:
-            raise ValueError(f"{path}: checkpoint layout version {raw.get('version')} is not {LAYOUT_VERSION}")
-        return cls(**raw)
+        raw = upgrade_state(json.loads(path.read_text()), path)
+        return cls(**{**raw, "data": DataPosition(**raw["data"])})
+
+    def write(self, directory: str | Path) -> None:
+        (Path(directory) / STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+
+def upgrade_state(raw: dict, source: Path) -> dict:
+    """A ``train_state.json`` mapping in the current layout; version 1 kept the position's fields at the top."""
+    if raw.get("version") == 1:
+        raw = {**{k: v for k, v in raw.items() if k not in _POSITION_FIELDS},
+               "data": {k: raw[k] for k in _POSITION_FIELDS}, "version": 2}
+    if raw.get("version") != LAYOUT_VERSION:
+        raise ValueError(f"{source}: checkpoint layout version {raw.get('version')} is not {LAYOUT_VERSION}")
+    return raw
 
 
 def _rank() -> int:
@@ -84,16 +105,16 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
     """Collective: every rank calls it with its own ``directory`` (or all with one shared directory)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    full = StateDictOptions(full_state_dict=False)
-    tree = {name: get_model_state_dict(net, options=full) for name, net in model_parts(model).items()}
+    sharded = StateDictOptions(full_state_dict=False)  # each rank writes its own shards
+    tree = {name: get_model_state_dict(net, options=sharded) for name, net in model_parts(model).items()}
     if optimizer is not None:
-        tree["optimizer"] = get_optimizer_state_dict(model.student, optimizer, options=full)
+        tree["optimizer"] = get_optimizer_state_dict(model.student, optimizer, options=sharded)
     dcp.save(tree, checkpoint_id=str(directory))
     (directory / "rng").mkdir(exist_ok=True)
     (directory / "rng" / f"rank{_rank()}.json").write_text(json.dumps(rng_state()))
     if _rank() == 0:
         state.world_size = _world()
-        (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+        state.write(directory)
     return directory
 
 

@@ -1,8 +1,10 @@
 """``PretrainConfig``: the one typed tree a pretraining run is described by (``configs/pretrain/*.yaml``).
 
 Everything a worker needs travels inside this object, so ``train_loop_per_worker`` takes no other
-hidden inputs. Iteration counts are per stage; an "epoch" is ``data.iterations_per_epoch`` iterations
-and only scales the schedules' warm-ups (the run never depends on the dataset's length).
+hidden inputs. Iteration counts are per stage, and so are the schedules (``stage1.schedules``,
+``stage2.schedules``): each stage's lr, weight decay, teacher temperature, EMA momentum and prototype
+freeze run from the stage's first iteration to its last. An "epoch" is ``data.iterations_per_epoch``
+iterations and only scales the schedules' lengths (the run never depends on the dataset's length).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from typing import Literal
 
 from braindino.augment.config import MultiCropConfig
 from braindino.models.vit import ViTConfig
-from braindino.optim import OptimConfig
+from braindino.optim import OptimConfig, scaled_lr
 from braindino.ssl.gram import GramConfig
-from braindino.ssl.schedules import ScheduleConfig
+from braindino.ssl.schedules import HighResScheduleConfig, ScheduleConfig, TrainingSchedules
 from braindino.ssl.self_distillation import SelfDistillationConfig
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 from pipelines.tracking import TrackingConfig
 
 
@@ -30,17 +32,28 @@ class MaskConfig:
 
 @dataclass
 class StageConfig:
-    """One training stage. Stage 2 sets ``gram.weight > 0`` and starts from the stage-1 checkpoint."""
+    """One training stage: length, batch, crops, masks, Gram anchoring and its own schedules (stage-1 defaults)."""
 
-    iterations: int = 0
+    iterations: int = 125000
     batch_size_per_worker: int = 32
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
     masks: MaskConfig = field(default_factory=MaskConfig)
     gram: GramConfig = field(default_factory=GramConfig)
+    schedules: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
-def _stage2_crops() -> MultiCropConfig:
-    return MultiCropConfig(global_size=512, local_size=112)
+@dataclass
+class HighResStageConfig(StageConfig):
+    """Stage 2: larger crops, Gram anchoring to the stage-1 teacher, ``HighResScheduleConfig`` schedules.
+
+    It starts from the stage-1 checkpoint; ``iterations: 0`` skips it.
+    """
+
+    iterations: int = 10000
+    batch_size_per_worker: int = 16
+    crops: MultiCropConfig = field(default_factory=lambda: MultiCropConfig(global_size=512, local_size=112))
+    gram: GramConfig = field(default_factory=lambda: GramConfig(weight=1.0))
+    schedules: HighResScheduleConfig = field(default_factory=HighResScheduleConfig)
 
 
 @dataclass
@@ -49,6 +62,8 @@ class DataConfig:
 
     ``augment_on``: ``worker`` runs the batched augmentation on the training device (the GPU default),
     ``ray_data`` runs the CPU form inside the Ray Data pipeline before batches reach the workers.
+    ``stall_timeout_s``: a worker that waits this long for a batch fails, naming the stuck stream
+    stage (read, decode, augment, split); 0 waits forever.
     """
 
     manifest: str = ""
@@ -59,6 +74,7 @@ class DataConfig:
     prefetch_batches: int = 2
     probe_slices_per_class: int = 32
     pca_slices: int = 4
+    stall_timeout_s: float = 600.0
 
 
 @dataclass
@@ -119,11 +135,9 @@ class PretrainConfig:
     seed: int = 0
     model: SelfDistillationConfig = field(default_factory=lambda: SelfDistillationConfig(vit=ViTConfig(drop_path_rate=0.1)))
     data: DataConfig = field(default_factory=DataConfig)
-    stage1: StageConfig = field(default_factory=lambda: StageConfig(iterations=125000))
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(iterations=10000, batch_size_per_worker=16,
-                                                                    crops=_stage2_crops(), gram=GramConfig(weight=1.0)))
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: HighResStageConfig = field(default_factory=HighResStageConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    schedules: ScheduleConfig = field(default_factory=ScheduleConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -149,3 +163,13 @@ class PretrainConfig:
     def first_step(self, name: str) -> int:
         """Iterations are counted across stages: stage 2 continues the stage-1 step counter."""
         return 0 if name == "stage1" else self.stage1.iterations
+
+    def stage_schedules(self, name: str, world_size: int | None = None) -> TrainingSchedules:
+        """The schedules of stage ``name`` on ``world_size`` workers (default ``workers.num_workers``).
+
+        The peak lr is ``optim.base_lr * sqrt(global batch / optim.reference_batch_size)``.
+        """
+        stage = self.stage(name)
+        world = self.workers.num_workers if world_size is None else world_size
+        peak = scaled_lr(stage.batch_size_per_worker * world, self.optim.base_lr, self.optim.reference_batch_size)
+        return TrainingSchedules.build(stage.schedules, peak, stage.iterations, self.data.iterations_per_epoch)

@@ -3,18 +3,19 @@
 ``shard_index`` reads the latest committed manifest (never a directory listing) and returns the shard
 paths, the manifest digest and what the data is (datasets, sequences). ``build_dataset`` turns that
 into a Ray Data stream: read WebDataset shards -> decode the float16 ``npy`` slice to float32 ->
-optionally the CPU multi-crop (``data.augment_on: ray_data``). Block order is randomised every pass
-and the workers shuffle locally, so batches mix subjects (ingest already mixes them within shards).
+optionally the CPU multi-crop (``data.augment_on: ray_data``), its tasks and actors sized by
+``pipelines.train.resources``. Shard order is shuffled every pass and the workers shuffle locally,
+so batches mix subjects (ingest already mixes them within shards).
 
-``worker_batches`` is the worker side: an endless, position-tracking iterator of ``MultiCropBatch``
-(one pass over the data is a "data epoch"; training is counted in iterations, not epochs).
+``worker_batches`` is the worker side: an endless, position-tracking iterator of raw batches (one pass
+over the data is a "data epoch"; training is counted in iterations, not epochs), watched for stalls
+(``pipelines.train.watchdog``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,9 +25,13 @@ import torch.nn.functional as F
 
 from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropBatch, MultiCropConfig, batch_from_views
 from braindino.ssl.masking import BlockMaskGenerator
-from ingest.manifest import ManifestStore
-from ingest.storage import ObjectStoreConfig
+from braindino.volumes import PreprocessSpec
+from datastore.manifest import ManifestStore
+from datastore.objectstore import ObjectStoreConfig
+from pipelines.train.checkpoint import DataPosition
 from pipelines.train.config import PretrainConfig, StageConfig
+from pipelines.train.resources import DataResources
+from pipelines.train.watchdog import AUGMENT, AUGMENT_BATCH, DECODE, READ, SPLIT, StreamWatchdog, reported
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,8 @@ class ShardIndex:
     shards: tuple[str, ...]  # paths within the filesystem ``store.resolve(root)`` returns
     n_slices: int
     scans: tuple[dict, ...]  # (dataset, sequence, subject, slices_kept) per ok scan
+    preprocess: PreprocessSpec  # what ingest made every slice with
     inactive_keys: frozenset[str] = frozenset()  # superseded samples still inside listed shards: skipped
-    preprocess: dict | None = None  # the PreprocessSpec ingest made every slice with (None: not recorded)
     licences: dict = field(default_factory=dict)  # dataset -> {"licence", "citation"}
 
     def datasets(self) -> dict[str, int]:
@@ -66,58 +71,81 @@ def shard_index(root: str, store: ObjectStoreConfig) -> ShardIndex:
     digest.update(f"v{manifest.version}:{manifest.run_id}\n".encode())
     for shard, key in sorted(zip(slices["shard"].to_pylist(), slices["sample_key"].to_pylist())):
         digest.update(f"{shard}/{key}\n".encode())
-    scans = tuple({k: row[k] for k in ("dataset", "sequence", "subject", "slices_kept")}
-                  for row in manifest.current_scans() if row["status"] == "ok")
+    scans = tuple({k: getattr(row, k) for k in ("dataset", "sequence", "subject", "slices_kept")}
+                  for row in manifest.current_scans() if row.status == "ok")
     return ShardIndex(root=root, version=manifest.version, digest=digest.hexdigest(),
                       shards=tuple(f"{manifests.root}/{s}" for s in shards), n_slices=slices.num_rows, scans=scans,
-                      inactive_keys=frozenset(manifest.inactive_sample_keys()), preprocess=manifest.preprocess,
-                      licences=manifest.datasets)
+                      preprocess=PreprocessSpec.from_json(json.dumps(manifest.preprocess)),
+                      inactive_keys=frozenset(manifest.inactive_sample_keys()), licences=manifest.datasets)
 
 
-def _decode(batch: dict) -> dict:
-    return {"image": np.asarray(batch["npy"], dtype=np.float32)}
+def _decode(batch: dict, inactive_keys: list[str], progress) -> dict:
+    """float16 ``npy`` slices -> float32 ``image`` rows, dropping samples of superseded scans."""
+    def decode() -> dict:
+        images = np.asarray(batch["npy"])
+        if inactive_keys:  # samples of superseded scans share shards with active ones
+            images = images[~np.isin(np.asarray(batch["__key__"]).astype(str), inactive_keys)]
+        return {"image": images.astype(np.float32)}
 
-
-def _drop_keys(batch: dict, keys: list[str]) -> dict:
-    keep = ~np.isin(np.asarray(batch["__key__"]).astype(str), keys)
-    return {name: np.asarray(column)[keep] for name, column in batch.items()}
+    return reported(progress, DECODE, len(batch["npy"]), decode)
 
 
 class _CpuMultiCrop:
     """Ray Data UDF: the CPU multi-crop over each batch of slices (``MultiCropAugment.many``), one crop
-    stack per slice. Its torch kernels run on one thread: the actor holds one CPU."""
+    stack per slice. Its torch kernels run on one thread."""
 
-    def __init__(self, config: MultiCropConfig):
+    def __init__(self, config: MultiCropConfig, progress=None):
         torch.set_num_threads(1)
         self.augment = MultiCropAugment(config, seed=None)
+        self.progress = progress
+        if progress is not None:
+            progress.actor_started.remote(AUGMENT)
 
     def __call__(self, batch: dict) -> dict:
-        views = self.augment.many(list(batch["image"]))
+        return reported(self.progress, AUGMENT, len(batch["image"]), lambda: self.crops(batch["image"]))
+
+    def crops(self, images: np.ndarray) -> dict:
+        views = self.augment.many(list(images))
         out = {"global": np.stack([np.stack(v["global"]) for v in views]).astype(np.float32)}
         if views[0]["local"]:
             out["local"] = np.stack([np.stack(v["local"]) for v in views]).astype(np.float32)
         return out
 
 
-def build_dataset(index: ShardIndex, config: PretrainConfig, stage: StageConfig):
-    """The Ray Data stream for one stage (the crop sizes differ between stages)."""
+def build_dataset(index: ShardIndex, config: PretrainConfig, stage: StageConfig,
+                  resources: DataResources = DataResources(), progress=None):
+    """The Ray Data stream for one stage (the crop sizes differ between stages).
+
+    Shard order is shuffled on every pass (seeded by ``seed``); reading and decoding run fused in one
+    task. ``resources`` sizes the tasks and actors (``plan_data_resources``); ``progress`` is the run's
+    ``StreamProgress`` actor, to which the stages report for the stall watchdog.
+    """
     import ray.data
 
     fs, _ = config.data.store.resolve(index.root)
-    ds = ray.data.read_webdataset(list(index.shards), filesystem=fs).randomize_block_order()
-    if index.inactive_keys:  # samples of superseded scans share shards with active ones
-        ds = ds.map_batches(_drop_keys, fn_args=(sorted(index.inactive_keys),), batch_format="numpy")
-    ds = (ds.select_columns(["npy"])  # __key__/__url__ are strings torch cannot batch (platform notes F8)
-          .map_batches(_decode, batch_format="numpy"))
-    return with_augmentation(ds, config, stage)
+    ds = ray.data.read_webdataset(list(index.shards), filesystem=fs, num_cpus=resources.read_cpus,
+                                  shuffle=ray.data.FileShuffleConfig(seed=config.seed))
+    ds = ds.map_batches(_decode, fn_args=(sorted(index.inactive_keys), progress), batch_format="numpy",
+                        num_cpus=resources.read_cpus)
+    return with_augmentation(ds, config, stage, resources, progress)
 
 
-def with_augmentation(ds, config: PretrainConfig, stage: StageConfig):
+def with_augmentation(ds, config: PretrainConfig, stage: StageConfig, resources: DataResources = DataResources(),
+                      progress=None):
     """Append the CPU multi-crop to a stream of ``image`` rows when ``data.augment_on`` is ``ray_data``."""
+    import ray.data
+
     if config.data.augment_on != "ray_data":
         return ds
-    return ds.map_batches(_CpuMultiCrop, fn_constructor_args=(stage.crops,), batch_format="numpy",
-                          batch_size=32, concurrency=1)
+    low, high = resources.augment_actors
+    return ds.map_batches(_CpuMultiCrop, fn_constructor_args=(stage.crops, progress), batch_format="numpy",
+                          batch_size=AUGMENT_BATCH, num_cpus=resources.augment_cpus,
+                          compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high))
+
+
+def stream_stages(config: PretrainConfig) -> tuple[str, ...]:
+    """The stream's stages in order, as the stall watchdog names them."""
+    return (READ, DECODE, *((AUGMENT,) if config.data.augment_on == "ray_data" else ()), SPLIT)
 
 
 class BatchMaker:
@@ -153,52 +181,52 @@ def _view_major(views: torch.Tensor) -> torch.Tensor:
     return views.transpose(0, 1).reshape(count * batch, 1, height, width)
 
 
-@dataclass
-class DataPosition:
-    """Where the worker is in the stream; saved in every checkpoint."""
-
-    data_epoch: int = 0
-    batches_in_epoch: int = 0
-    samples_seen: int = 0
-    wait_seconds: float = 0.0
-
-
 def worker_batches(shard, config: PretrainConfig, stage: StageConfig, position: DataPosition) -> Iterator[dict]:
     """Endless raw batches from this worker's dataset shard, advancing ``position``.
 
     On resume the first pass skips the batches already consumed in that pass, so the run continues
-    in the data instead of restarting it. ``position.wait_seconds`` accumulates time blocked on data.
+    in the data instead of restarting it. A wait longer than ``data.stall_timeout_s`` raises ``DataStalled`` naming the stuck stream stage.
     """
+    batch = stage.batch_size_per_worker
+    watchdog = StreamWatchdog.for_run(
+        config.name, config.data.stall_timeout_s, stream_stages(config),
+        buffered=config.data.shuffle_buffer + (config.data.prefetch_batches + 1) * batch)
     skip = position.batches_in_epoch
+    for item in watchdog.watch(_passes(shard, config, stage, position.data_epoch)):
+        if item is _END_OF_PASS:
+            position.data_epoch += 1
+            position.batches_in_epoch = 0
+            skip = 0
+            continue
+        watchdog.delivered(batch)
+        if skip:
+            skip -= 1
+            continue
+        position.batches_in_epoch += 1
+        position.samples_seen += batch
+        yield item
+
+
+_END_OF_PASS = object()  # ends each pass in the stream _passes yields
+
+
+def _passes(shard, config: PretrainConfig, stage: StageConfig, first_epoch: int) -> Iterator:
+    """Batches of pass after pass over ``shard``, each pass followed by ``_END_OF_PASS``."""
+    epoch = first_epoch
     while True:
-        batches = shard.iter_torch_batches(
-            batch_size=stage.batch_size_per_worker, drop_last=True, dtypes=torch.float32,
-            local_shuffle_buffer_size=config.data.shuffle_buffer or None,
-            local_shuffle_seed=config.seed + position.data_epoch,
-            prefetch_batches=config.data.prefetch_batches,
-        )
         produced = 0
-        iterator = iter(batches)
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                break
-            position.wait_seconds += time.perf_counter() - start
+        for batch in shard.iter_torch_batches(
+            batch_size=stage.batch_size_per_worker, drop_last=True, dtypes=torch.float32,
+            local_shuffle_buffer_size=config.data.shuffle_buffer or None, local_shuffle_seed=config.seed + epoch,
+            prefetch_batches=config.data.prefetch_batches,
+        ):
             produced += 1
-            if skip:
-                skip -= 1
-                continue
-            position.batches_in_epoch += 1
-            position.samples_seen += stage.batch_size_per_worker
             yield batch
         if produced == 0:
             raise RuntimeError("the dataset shard produced no batch: fewer slices than one batch per worker; "
                                "lower stage batch_size_per_worker or ingest more data")
-        position.data_epoch += 1
-        position.batches_in_epoch = 0
-        skip = 0
+        epoch += 1
+        yield _END_OF_PASS
 
 
 @dataclass
@@ -216,25 +244,25 @@ class ProbeSet:
 
 def probe_set(index: ShardIndex, store: ObjectStoreConfig, per_class: int, max_classes: int = 4) -> ProbeSet:
     """Up to ``per_class`` slices per sequence, read from the manifest's shards (train/query by alternating z)."""
-    from ingest.writers.shards import read_shard
+    from datastore.shards import SampleRecord, read_shard
 
     fs, _ = store.resolve(index.root)
-    chosen: dict[str, list[tuple[str, np.ndarray, dict]]] = {}
+    chosen: dict[str, list[tuple[str, np.ndarray, SampleRecord]]] = {}
     for shard in index.shards:
         for key, image, record in read_shard(fs, shard):
             if key in index.inactive_keys:
                 continue
-            sequence = record.get("sequence") or "unknown"
+            sequence = record.sequence or "unknown"
             bucket = chosen.setdefault(sequence, []) if len(chosen) < max_classes or sequence in chosen else None
             if bucket is not None and len(bucket) < per_class:
                 bucket.append((key, image.astype(np.float32), record))
         if chosen and all(len(v) >= per_class for v in chosen.values()) and len(chosen) >= min(2, max_classes):
             break
-    rows = sorted((item for items in chosen.values() for item in items), key=lambda r: (r[2].get("sequence", ""), r[2].get("z", 0)))
+    rows = sorted((item for items in chosen.values() for item in items), key=lambda r: (r[2].sequence, r[2].z))
     if not rows:
         raise ValueError(f"{index.root}: no slices found in the manifest's shards for the probe set")
     images = np.stack([r[1] for r in rows])
-    labels = [r[2].get("sequence") or "unknown" for r in rows]
+    labels = [r[2].sequence or "unknown" for r in rows]
     train = np.array([i % 2 == 0 for i in range(len(rows))])
     return ProbeSet(images, labels, train, [r[0] for r in rows])
 

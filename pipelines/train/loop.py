@@ -1,16 +1,16 @@
 """The per-worker training loop of one stage: ``train_stage`` is Ray Train's ``train_loop_per_worker``.
 
-Per iteration: next batch -> multi-crop (in the worker or already done by Ray Data) -> schedules ->
-loss -> finite check on every rank -> backward -> prototype freeze -> per-module clipping -> AdamW ->
-EMA teacher. Every ``checkpoint.every`` iterations all ranks write a distributed checkpoint and report
-it; a restarted worker group resumes from the last one (step counter and data position continue).
+Per iteration: next batch -> multi-crop (in the worker or already done by Ray Data) -> the stage's
+schedules at this iteration -> ``braindino.ssl.training_step``. Every ``eval.log_every`` iterations the
+metrics, every ``eval.every`` the probe, every ``checkpoint.every`` a distributed checkpoint that all
+ranks write and report; a restarted worker group resumes from the last one (step counter and data
+position continue).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,18 +18,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from braindino.models.vit import VisionTransformer
 from braindino.augment import MultiCropBatch
-from braindino.optim import apply_schedules, build_optimizer, cancel_prototype_gradients, clip_gradients_per_module
-from braindino.ssl import SelfDistillation, TrainingSchedules
+from braindino.evaluation import knn_accuracy, pca_rgb
+from braindino.models.vit import VisionTransformer
+from braindino.optim import build_optimizer
+from braindino.ssl import ScheduleValues, SelfDistillation, StepResult, training_step
 from pipelines.train.checkpoint import TrainState, load_backbone_weights, load_checkpoint, save_checkpoint
 from pipelines.train.config import PretrainConfig
-from pipelines.train.data import BatchMaker, DataPosition, ProbeSet, resize_square, worker_batches
+from pipelines.train.data import BatchMaker, ProbeSet, resize_square, worker_batches
+from pipelines.train.monitor import CollapseWatch, ThroughputWindow
 from pipelines.train.parallelize import parallelize, world_mesh
-from braindino.evaluation import knn_accuracy, pca_rgb
-from pipelines.train.tracking import RunLogger, collapse_threshold, log, pca_figure
-
-warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
+from pipelines.train.run_log import RunLogger, log, pca_figure
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,16 +47,9 @@ class StagePlan:
     init_from: object | None = None  # ray.train.Checkpoint of the previous stage (stage 2)
 
 
-def _all_finite(value: torch.Tensor) -> bool:
-    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
-    if dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
 def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     names = sorted(values)
-    stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
+    stacked = torch.stack([_plain(values[n]).detach().float().reshape(()) for n in names])
     if dist.is_initialized():
         dist.all_reduce(stacked)
         stacked /= dist.get_world_size()
@@ -70,13 +62,9 @@ def _plain(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-@dataclass
-class StepResult:
-    loss: torch.Tensor
-    values: dict[str, torch.Tensor]  # loss terms and health signals (this rank)
-    norms: dict[str, torch.Tensor]  # pre-clip gradient norm per student module
-    schedule: dict[str, float]
-    finite: bool = True
+def _due(step: int, every: int, last: bool) -> bool:
+    """Whether an every-``every``-iterations action runs after iteration ``step`` (always after the last)."""
+    return last or step % every == 0
 
 
 @torch.no_grad()
@@ -120,18 +108,13 @@ class StageTrainer:
             parallelize(self.model.gram_teacher, mesh, parallel, trainable=False)
         self.optimizer = build_optimizer(self.model.student, self.config.optim)
         initialise_optimizer_state(self.optimizer)
-        global_batch = self.spec.batch_size_per_worker * world
-        from braindino.optim import scaled_lr
-
-        peak = scaled_lr(global_batch, self.config.optim.base_lr, self.config.optim.reference_batch_size)
-        self.schedules = TrainingSchedules.build(self.config.schedules, peak, self.spec.iterations,
-                                                 self.config.data.iterations_per_epoch)
+        self.schedules = self.config.stage_schedules(plan.stage, world)
         self.first = self.config.first_step(plan.stage)
         self.end = self.first + self.spec.iterations
-        self.collapse_grace = round(self.config.eval.collapse_grace_epochs * self.config.data.iterations_per_epoch)
-        self.freeze_steps = round(self.config.optim.freeze_prototypes_epochs * self.config.data.iterations_per_epoch)
+        per_epoch = self.config.data.iterations_per_epoch
+        self.collapse = CollapseWatch(self.config.model.vit.embed_dim, self.config.eval.collapse_fraction,
+                                      round(self.config.eval.collapse_grace_epochs * per_epoch))
         self.logger = RunLogger(plan.tracking_uri, plan.run_id, enabled=rank == 0)
-        self.threshold = collapse_threshold(self.config.model.vit.embed_dim, self.config.eval.collapse_fraction)
         crops = self.spec.crops
         patch = self.config.model.vit.patch_size
         self.tokens_per_image = (crops.n_global * (crops.global_size // patch) ** 2
@@ -144,7 +127,7 @@ class StageTrainer:
             with checkpoint.as_directory() as directory:
                 state = load_checkpoint(directory, self.model, self.optimizer)
             log.info("rank %d resumed %s at step %d (data epoch %d, batch %d)", self.rank, state.stage, state.step,
-                     state.data_epoch, state.batches_in_epoch)
+                     state.data.data_epoch, state.data.batches_in_epoch)
             return state
         if self.plan.init_from is not None:  # stage 2 starts from the stage-1 networks, fresh optimizer
             with self.plan.init_from.as_directory() as directory:
@@ -167,68 +150,52 @@ class StageTrainer:
 
     def run(self, shard, checkpoint) -> TrainState:
         state = self.restore(checkpoint)
-        position = DataPosition(state.data_epoch, state.batches_in_epoch, state.samples_seen)
-        batches = worker_batches(shard, self.config, self.spec, position)
+        batches = worker_batches(shard, self.config, self.spec, state.data)
         maker = self.batch_maker(state.step)
-        every = self.config.checkpoint
-        log_every = self.config.eval.log_every
+        window = ThroughputWindow(self.spec.batch_size_per_worker * self.world, self.tokens_per_image)
         self.model.train()
-        window_start, window_wait, window_steps = time.perf_counter(), position.wait_seconds, 0
         metrics: dict[str, float] = {}
         for step in range(state.step, self.end):
-            local = step - self.first
-            result = self.train_step(maker(next(batches)), step)
+            waiting = time.perf_counter()
+            raw = next(batches)
+            window.add_step(time.perf_counter() - waiting)
+            schedule = self.schedules.at(step - self.first)
+            result = self.train_step(maker(raw), step, schedule)
             if not result.finite:
-                return self._diverged(state, step, result.values)
-            values, norms, loss = result.values, result.norms, result.loss
-            lr, wd, momentum, temp = (result.schedule[k] for k in ("lr", "weight_decay", "momentum", "teacher_temp"))
+                return self._diverged(state, step, result.metrics)
             self._fault_hook(step)
             state.step = step + 1
-            state.data_epoch, state.batches_in_epoch = position.data_epoch, position.batches_in_epoch
-            state.samples_seen = position.samples_seen
-            window_steps += 1
             last = state.step == self.end
-            if state.step % log_every == 0 or last:
-                values.update({f"grad_norm_{k}": _plain(v) for k, v in norms.items()})
-                metrics = _mean_over_ranks(values)
-                elapsed = time.perf_counter() - window_start
-                images = window_steps * self.spec.batch_size_per_worker * self.world
-                metrics.update(lr=lr, weight_decay=wd, momentum=momentum, teacher_temp=temp,
-                               images_per_s=images / elapsed, tokens_per_s=images * self.tokens_per_image / elapsed,
-                               data_wait_fraction=(position.wait_seconds - window_wait) / elapsed,
-                               stage=1.0 if self.plan.stage == "stage1" else 2.0, data_epoch=position.data_epoch)
-                collapsed = local >= self.collapse_grace and metrics["student_feature_std"] < self.threshold
-                metrics["collapse_warning"] = float(collapsed)
-                if collapsed and self.rank == 0:
-                    log.warning("step %d: student feature std %.4g is below the collapse threshold %.4g",
-                                step, metrics["student_feature_std"], self.threshold)
-                self.logger.metrics(metrics, step=step)
-                window_start, window_wait, window_steps = time.perf_counter(), position.wait_seconds, 0
-            if self.plan.probe is not None and (state.step % self.config.eval.every == 0 or last):
+            if _due(state.step, self.config.eval.log_every, last):
+                metrics = self.log_metrics(step, result, schedule, window, state)
+            if self.plan.probe is not None and _due(state.step, self.config.eval.every, last):
                 self.evaluate(state.step)
-            if state.step % every.every == 0 or last:
-                self.checkpoint(state, {"loss": metrics.get("loss_total", float(loss.detach()))})
+            if _due(state.step, self.config.checkpoint.every, last):
+                self.checkpoint(state, {"loss": metrics.get("loss_total", float(result.loss))})
         return state
 
     def batch_maker(self, step: int = 0) -> BatchMaker:
         return BatchMaker(self.config, self.spec, self.device, seed=self.config.seed * 1000 + self.rank + step)
 
-    def train_step(self, batch: MultiCropBatch, step: int) -> StepResult:
-        """One optimisation step at global iteration ``step``; nothing is updated when the loss is not finite."""
-        local = step - self.first
-        schedule = {"lr": self.schedules.lr(local), "weight_decay": self.schedules.weight_decay(local),
-                    "momentum": self.schedules.momentum(local), "teacher_temp": self.schedules.teacher_temp(local)}
-        apply_schedules(self.optimizer, schedule["lr"], schedule["weight_decay"])
-        loss, values = self.model(batch, teacher_temp=schedule["teacher_temp"])
-        if not _all_finite(loss):
-            return StepResult(loss.detach(), values, {}, schedule, finite=False)
-        loss.backward()
-        cancel_prototype_gradients(self.model.student, local, self.freeze_steps)
-        norms = clip_gradients_per_module(self.model.student, self.config.optim.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_teacher(schedule["momentum"])
-        return StepResult(loss.detach(), values, norms, schedule)
+    def train_step(self, batch: MultiCropBatch, step: int, schedule: ScheduleValues | None = None) -> StepResult:
+        """One optimisation step at global iteration ``step`` (the stage's schedules at that iteration by default)."""
+        schedule = schedule or self.schedules.at(step - self.first)
+        return training_step(self.model, self.optimizer, batch, schedule, self.config.optim.clip_grad)
+
+    def log_metrics(self, step: int, result: StepResult, schedule: ScheduleValues, window: ThroughputWindow,
+                    state: TrainState) -> dict[str, float]:
+        """Average this step's loss terms and health signals over ranks (a collective) and log them with the
+        schedule values, the throughput window and the collapse watch; returns what was logged."""
+        values = {**result.metrics, **{f"grad_norm_{k}": v for k, v in result.grad_norms.items()}}
+        metrics = {**_mean_over_ranks(values), **schedule.as_metrics(), **window.read(),
+                   "stage": 1.0 if self.plan.stage == "stage1" else 2.0, "data_epoch": state.data.data_epoch}
+        collapsed = self.collapse.collapsed(step - self.first, metrics["student_feature_std"])
+        metrics["collapse_warning"] = float(collapsed)
+        if collapsed and self.rank == 0:
+            log.warning("step %d: student feature std %.4g is below the collapse threshold %.4g",
+                        step, metrics["student_feature_std"], self.collapse.threshold)
+        self.logger.metrics(metrics, step=step)
+        return metrics
 
     def _diverged(self, state: TrainState, step: int, values) -> TrainState:
         state.diverged = True

@@ -10,7 +10,8 @@ than ``student.forward``, so those are the FSDP roots. Blocks reshard after thei
 again for backward. The student's roots keep their parameters gathered until their backward: on an
 H200 (torch 2.11, NCCL) resharding them after forward freed storage that their backward still read
 ("tensor ... data is not allocated yet"). The teachers never run a backward, so their roots reshard
-after forward (platform notes F3).
+after forward: left gathered, their parameters would be plain tensors when the shard-local EMA update
+adds the student's DTensor shards to them.
 """
 
 from __future__ import annotations

@@ -16,23 +16,37 @@ def micro(**overrides) -> VisionTransformer:
     return VisionTransformer(ViTConfig(size="micro", **overrides))
 
 
-@pytest.mark.parametrize(
-    ("size", "dim", "depth", "heads"),
-    [("micro", 64, 2, 2), ("tiny", 192, 12, 3), ("small", 384, 12, 6), ("base", 768, 12, 12), ("large", 1024, 24, 16)],
-)
-def test_every_size_builds_with_its_preset_shape_on_meta(size, dim, depth, heads):
+def parameters_by_formula(dim: int, depth: int, registers: int, patch: int = 16, mlp_ratio: float = 4.0) -> int:
+    """Parameter count of a pre-norm ViT without qkv bias or position table, with LayerScale, written out."""
+    hidden = int(dim * mlp_ratio)
+    patch_embed = dim * patch * patch + dim
+    tokens = (1 + registers + 1) * dim  # CLS, registers, mask token
+    block = (2 * dim  # norm1
+             + 3 * dim * dim  # qkv, no bias
+             + dim * dim + dim  # proj
+             + 2 * dim  # norm2
+             + dim * hidden + hidden + hidden * dim + dim  # MLP
+             + 2 * dim)  # two LayerScales
+    return patch_embed + tokens + depth * block + 2 * dim  # final norm
+
+
+@pytest.mark.parametrize("size", ["micro", "tiny", "small", "base", "large"])
+def test_every_size_has_the_parameters_and_outputs_of_its_architecture(size):
     with torch.device("meta"):
         model = VisionTransformer(ViTConfig(size=size))
         out = model(torch.empty(2, 1, 32, 48))
-    assert (model.embed_dim, len(model.blocks), model.config.num_heads) == (dim, depth, heads)
+    dim, depth = model.embed_dim, model.config.depth
+    assert n_params(model) == parameters_by_formula(dim, depth, registers=4)
+    assert dim % model.config.num_heads == 0 and (dim // model.config.num_heads) % 4 == 0  # RoPE splits heads in four
     assert out.cls.shape == (2, dim)
     assert out.registers.shape == (2, 4, dim)
     assert out.patches.shape == (2, 6, dim)
 
 
-def test_base_has_about_86m_parameters():
+def test_base_is_the_papers_vit_b_with_about_86m_parameters():
     with torch.device("meta"):
         model = VisionTransformer(ViTConfig(size="base"))
+    assert (model.embed_dim, model.config.depth, model.config.num_heads, model.config.patch_size) == (768, 12, 12, 16)
     assert abs(n_params(model) - 86e6) < 3e6
 
 
@@ -43,14 +57,15 @@ def test_explicit_fields_override_the_preset():
         ViTConfig(size="huge")
 
 
-def test_defaults_match_the_paper():
-    config = ViTConfig()
-    assert (config.patch_size, config.in_channels, config.num_registers) == (16, 1, 4)
-    assert config.qkv_bias is False and config.layerscale_init == 1e-5
-    model = micro()
-    assert model.blocks[0].attn.qkv.bias is None
-    assert torch.all(model.blocks[0].ls1.gamma == 1e-5)
-    assert not any("pos" in name for name, _ in model.named_parameters())
+def test_every_block_starts_near_the_identity_and_qkv_has_no_bias():
+    """LayerScale at 1e-5 keeps each residual branch tiny at initialisation; a zero input gives zero q, k, v."""
+    model = micro().eval()
+    tokens = torch.randn(2, 5 + 9, 64)
+    cos, sin = model.rope((3, 3), torch.device("cpu"))
+    for block in model.blocks:
+        change = (block(tokens, cos, sin, model.n_prefix) - tokens).norm() / tokens.norm()
+        assert 0 < change < 1e-4
+        assert torch.equal(block.attn.qkv(torch.zeros(1, 64)), torch.zeros(1, 192))
 
 
 @pytest.mark.parametrize("size", [(48, 80), (16, 16), (64, 32)])

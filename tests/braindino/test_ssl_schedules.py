@@ -1,8 +1,8 @@
-"""Schedules: warm-up then cosine, linear temperature warm-up, the run's four schedules."""
+"""Schedules: warm-up then cosine, linear temperature warm-up, one stage's schedules and their values."""
 
 import pytest
 
-from braindino.ssl import LinearWarmup, ScheduleConfig, TrainingSchedules, WarmupCosine
+from braindino.ssl import HighResScheduleConfig, LinearWarmup, ScheduleConfig, TrainingSchedules, WarmupCosine
 
 
 def test_warmup_cosine_rises_linearly_then_decays_to_final():
@@ -43,9 +43,23 @@ def test_training_schedules_follow_the_recipe():
     assert (schedules.weight_decay(0), schedules.weight_decay(1000)) == pytest.approx((0.04, 0.4))
     assert (schedules.teacher_temp(0), schedules.teacher_temp(300)) == pytest.approx((0.04, 0.07))
     assert (schedules.momentum(0), schedules.momentum(1000)) == pytest.approx((0.992, 1.0))
+    assert [schedules.at(step).freeze_prototypes for step in (0, 9, 10)] == [True, True, False]
+    values = schedules.at(100)
+    assert (values.lr, values.teacher_temp) == (schedules.lr(100), schedules.teacher_temp(100))
+
+
+def test_high_resolution_stage_warms_up_briefly_decays_and_holds_the_teacher_targets():
+    schedules = TrainingSchedules.build(HighResScheduleConfig(), peak_lr=1e-3, total_steps=80, steps_per_epoch=10)
+    assert schedules.at(0).lr == 0.0 and schedules.at(10).lr == pytest.approx(1e-3)
+    assert schedules.at(79).lr < 1e-5
+    for step in (0, 40, 79):
+        values = schedules.at(step)
+        assert (values.teacher_temp, values.momentum, values.weight_decay) == pytest.approx((0.07, 0.999, 0.4))
+        assert not values.freeze_prototypes
 
 
 def test_warmups_are_clipped_to_short_runs():
     schedules = TrainingSchedules.build(ScheduleConfig(), peak_lr=1e-3, total_steps=50, steps_per_epoch=10)
     assert schedules.lr.warmup_steps == 50
     assert schedules.teacher_temp.warmup_steps == 50
+    assert schedules.freeze_prototypes_steps == 10

@@ -3,17 +3,7 @@
 import torch
 
 from braindino.ssl import SinkhornKnopp
-
-
-def reference_sinkhorn(logits: torch.Tensor, temperature: float, n_iterations: int) -> torch.Tensor:
-    """Plain float64 Sinkhorn-Knopp on one process: alternate prototype and sample normalisation."""
-    q = torch.exp(logits.double() / temperature)
-    q = q / q.sum()
-    n_samples, n_prototypes = q.shape
-    for _ in range(n_iterations):
-        q = q / q.sum(dim=0, keepdim=True) / n_prototypes
-        q = q / q.sum(dim=1, keepdim=True) / n_samples
-    return q * n_samples
+from tests.braindino.references import reference_sinkhorn
 
 
 def test_rows_sum_to_one_and_prototypes_are_balanced():

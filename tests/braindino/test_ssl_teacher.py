@@ -35,12 +35,18 @@ def test_momentum_one_freezes_the_teacher_and_zero_copies_the_student():
     assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters()))
 
 
-def test_update_is_in_place_and_untracked():
+def test_update_is_in_place_and_outside_autograd_even_with_gradients_enabled():
+    """A frozen teacher following a student that requires grad must stay a leaf without history: an update
+    recorded by autograd would tie the teacher into the student's graph (and keep it alive)."""
     teacher, student = pair()
+    teacher.requires_grad_(False)
     storage = [p.data_ptr() for p in teacher.parameters()]
-    ema_update(teacher, student, momentum=0.5)
+    with torch.enable_grad():
+        ema_update(teacher, student, momentum=0.5)
     assert storage == [p.data_ptr() for p in teacher.parameters()]
-    assert all(p.grad is None for p in student.parameters())
+    assert all(p.is_leaf and p.grad_fn is None and not p.requires_grad for p in teacher.parameters())
+    student(torch.randn(3, 4)).sum().backward()  # the student's own graph is unaffected
+    assert all(p.grad is not None for p in student.parameters())
 
 
 def test_mismatched_structures_are_named():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from braindino.catalogue import entry
 from braindino.volumes import intensity
 from braindino.volumes import (
     CanonicalVolume,
@@ -21,6 +22,7 @@ from braindino.volumes import (
     preprocess,
     resample,
 )
+from infra.local.catalogue import entry
 
 
 def load(name: str, stride: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -212,8 +214,15 @@ def test_preprocess_spec_round_trips_through_json_and_names_bad_keys():
     assert PreprocessSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="unknown keys \\['slice_sizee'\\]"):
         PreprocessSpec.from_json('{"slice_sizee": 224}')
-    with pytest.raises(ValueError, match="version 2"):
-        PreprocessSpec.from_json('{"version": 2}')
+    with pytest.raises(ValueError, match="version 3"):
+        PreprocessSpec.from_json('{"version": 3}')
+    assert set(json.loads(spec.to_json())) == {"spacing", "slice_size", "clip_percentiles", "min_foreground", "version"}
+
+
+def test_a_version_1_spec_reads_as_version_2_without_the_keys_nothing_read():
+    v1 = ('{"channels": 1, "clip_percentiles": [0.5, 99.5], "min_foreground": 0.05, "slice_size": 96, '
+          '"slices_per_volume": 128, "spacing": [2.0, 2.0, 2.0], "version": 1}')
+    assert PreprocessSpec.from_json(v1) == PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96)
 
 
 def test_preprocess_leaves_the_callers_array_alone_unless_given_it(t1):

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from braindino.catalogue import entry
 from braindino.volumes import canonicalise
+from infra.local.catalogue import entry
 
 AAL = entry("colin27_aal")
 pytestmark = pytest.mark.skipif(not AAL.available, reason=f"Colin27 AAL atlas not installed: {AAL.install_hint}")

@@ -1,50 +1,54 @@
-"""The local services answer for real: S3 on loopback, a Ray task, an MLflow run read back."""
+"""Our wiring of the local services: the S3 server and its keys, buckets, MLflow's locations, the Ray guard."""
 
-import pyarrow.fs as pafs
+from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-def test_object_round_trips_through_s3_and_is_listed_by_pyarrow(object_store, bucket):
-    client = object_store.boto3_client()
-    client.put_object(Bucket=bucket, Key="raw/a/scan.nii", Body=b"\x5c\x01\x00\x00payload")
-    assert client.get_object(Bucket=bucket, Key="raw/a/scan.nii")["Body"].read() == b"\x5c\x01\x00\x00payload"
+import boto3
 
-    fs, root = object_store.resolve(f"s3://{bucket}/raw")
-    listed = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    assert [(info.path, info.size) for info in listed if info.is_file] == [(f"{bucket}/raw/a/scan.nii", 11)]
-
-
-def test_a_ray_task_runs(ray_session):
-    @ray_session.remote
-    def square(x):
-        return x * x
-
-    assert ray_session.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_mlflow_run_is_logged_and_read_back(mlflow_local):
+def test_the_local_store_exports_its_keys_so_the_standard_credential_chain_reaches_it(object_store, bucket):
+    from infra.local.services import LOCAL_KEYS, create_bucket
+
+    assert {k: os.environ[k] for k in LOCAL_KEYS} == LOCAL_KEYS
+    assert object_store.endpoint_url.startswith("http://127.0.0.1:")
+    plain = boto3.client("s3", endpoint_url=object_store.endpoint_url)  # keys and region from the environment only
+    create_bucket(object_store, bucket)  # a second time: nothing happens
+    assert [b["Name"] for b in plain.list_buckets()["Buckets"]].count(bucket) == 1
+
+
+def test_experiments_put_artifacts_under_the_configured_root_and_runs_carry_the_commit(mlflow_local):
     import mlflow
 
-    from pipelines.tracking import TrackingConfig, use_experiment
+    from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
 
     config = TrackingConfig(mlflow_local.tracking_uri, "foundation", mlflow_local.artifact_root)
     experiment_id = use_experiment(config)
-    with mlflow.start_run() as run:
-        mlflow.log_param("size", "tiny")
-        mlflow.log_metric("loss", 1.5, step=3)
+    assert mlflow.get_experiment(experiment_id).artifact_location == f"{mlflow_local.artifact_root}/foundation"
+    with mlflow.start_run() as run:  # no experiment named: use_experiment made it the active one
         mlflow.log_text("hello", "notes/readme.txt")
-
-    stored = mlflow.get_run(run.info.run_id)
-    assert stored.info.experiment_id == experiment_id
-    assert stored.data.params == {"size": "tiny"}
-    assert stored.data.metrics == {"loss": 1.5}
-    assert stored.info.artifact_uri.startswith(mlflow_local.artifact_root)
-    assert mlflow.artifacts.load_text(f"{stored.info.artifact_uri}/notes/readme.txt") == "hello"
+    assert run.info.experiment_id == experiment_id
+    assert (mlflow_local.root / "artifacts" / "foundation" / run.info.run_id / "artifacts" / "notes" / "readme.txt").read_text() == "hello"
     assert use_experiment(config) == experiment_id  # idempotent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert provenance_tags()["git.commit"] == (head or "unknown")
+
+
+def test_a_driver_pointed_at_a_job_api_url_exits_with_the_submit_command():
+    env = {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    done = subprocess.run([sys.executable, "-c", "from pipelines.jobs import connect_ray; connect_ray()"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "ray job submit --address http://127.0.0.1:8265" in done.stderr
 
 
 def test_bundled_real_mri_lands_in_the_bucket_byte_for_byte(object_store, bucket):
-    from braindino.catalogue import entry
     from infra.local.bundled import scan_files, upload_bundled
+    from infra.local.catalogue import entry
 
     datasets = {"icbm152": ["icbm2009c_t2"], "heudiconv": ["heudiconv_dwi"]}
     written = upload_bundled(object_store, bucket, datasets)

@@ -245,7 +245,7 @@ def test_gpu_workers_get_gpus_node_selection_tolerations_and_shared_memory():
 def test_schedule_forbids_overlapping_runs():
     cronjob = next(doc for doc in DOCUMENTS if doc.kind == "CronJob").body
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
-    assert [script for script, _ in references.job_invocations(cronjob)] == ["pipelines/ingest.py"]
+    assert [script for script, _ in references.job_invocations(cronjob)] == ["pipelines/ingestion.py"]
 
 
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if references.job_invocations(d.body)], ids=str)

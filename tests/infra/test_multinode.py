@@ -39,7 +39,7 @@ def cluster(object_store):
 @pytest.fixture(scope="module")
 def raw_scans(object_store, tmp_path_factory):
     """Real scans in s3://multinode/raw/sub-NN/, and the dataset spec that lists them."""
-    from braindino.catalogue import entry
+    from infra.local.catalogue import entry
     from infra.local.services import create_bucket
 
     available = [name for name in SCANS if entry(name).available]
@@ -101,7 +101,7 @@ def test_a_run_checkpointing_to_a_node_local_folder_is_refused_before_it_starts(
 def ingested(cluster, raw_scans, object_store, team_mlflow):
     from pipelines.jobs import submit_job
 
-    submit_job(cluster.head.dashboard_url, "ingest.py", [
+    submit_job(cluster.head.dashboard_url, "ingestion.py", [
         "--config", "configs/ingest.yaml", "--dataset", str(raw_scans["spec"]),
         *_sets([f"ingest.output=s3://{BUCKET}/ingest", *_store_overrides(object_store, "ingest.storage"),
                 "ingest.preprocess.spacing=[2.0, 2.0, 2.0]", "ingest.preprocess.slice_size=64",
@@ -112,11 +112,11 @@ def ingested(cluster, raw_scans, object_store, team_mlflow):
 
 
 def test_ingest_tasks_ran_on_both_nodes(cluster, ingested, object_store, raw_scans):
-    from ingest.manifest import ManifestStore
+    from datastore.manifest import ManifestStore
 
     manifest = ManifestStore(ingested, object_store).latest()
     assert manifest.version == 1
-    assert sum(row["status"] == "ok" for row in manifest.current_scans()) == raw_scans["count"]
+    assert sum(row.status == "ok" for row in manifest.current_scans()) == raw_scans["count"]
     assert set(_node_of_tasks(cluster.head.dashboard_url, "process_unit")) == {"head", "node2"}
 
 

@@ -1,4 +1,4 @@
-"""Scheduled ingest end to end: the CronJob's entrypoint (``pipelines/ingest.py --all``) run twice on the
+"""Scheduled ingest end to end: the CronJob's entrypoint (``pipelines/ingestion.py --all``) run twice on the
 local S3 server with a new scan uploaded in between, logging to the team MLflow server; and the lease in
 the output root that refuses a run while another holds it.
 """
@@ -84,9 +84,9 @@ def test_a_renewed_lease_is_not_taken_over(root, object_store):
 @pytest.fixture(scope="module")
 def nightly(ray_session, object_store, team_mlflow, tmp_path_factory):
     """The CronJob's command run twice (``--all``), a new scan uploaded between the runs."""
-    from braindino.catalogue import entry
+    from infra.local.catalogue import entry
     from infra.local.services import create_bucket
-    from pipelines.ingest import main
+    from pipelines.ingestion import main
 
     for name in SCANS:
         if not entry(name).available:
@@ -118,14 +118,14 @@ def _ingest_runs(team_mlflow):
 
 
 def test_the_second_night_ingests_only_the_new_scan(nightly, object_store):
-    from ingest.manifest import ManifestStore
+    from datastore.manifest import ManifestStore
 
     manifest = ManifestStore(nightly["output"], object_store).latest()
     assert manifest.version == 2
-    scans = {row["source_key"]: row for row in manifest.current_scans()}
+    scans = {row.source_key: row for row in manifest.current_scans()}
     first, second = (key.removeprefix("raw/night/") for key in nightly["keys"])
-    assert set(scans) == {first, second} and all(row["status"] == "ok" for row in scans.values())
-    assert scans[first]["run_id"] != scans[second]["run_id"]  # the first scan was not processed again
+    assert set(scans) == {first, second} and all(row.status == "ok" for row in scans.values())
+    assert scans[first].run_id != scans[second].run_id  # the first scan was not processed again
     client = object_store.boto3_client()
     assert "Contents" not in client.list_objects_v2(Bucket=nightly["bucket"], Prefix=f"ingest/{LEASE_NAME}")
 
@@ -141,8 +141,8 @@ def test_each_night_is_an_mlflow_run_saying_what_it_did(nightly, team_mlflow):
 
 
 def test_a_run_while_another_holds_the_lease_refuses_and_writes_nothing(nightly, object_store, team_mlflow):
-    from ingest.manifest import ManifestStore
-    from pipelines.ingest import main
+    from datastore.manifest import ManifestStore
+    from pipelines.ingestion import main
 
     with hold_lease(nightly["output"], object_store, "ingest started by hand"):
         with pytest.raises(SystemExit, match="ingest refused: .* is held by ingest started by hand"):

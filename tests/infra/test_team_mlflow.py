@@ -58,10 +58,11 @@ def registered(team_mlflow, tmp_path_factory):
     from braindino.features import Encoder
     from braindino.models.vit import ViTConfig, VisionTransformer
     from braindino.volumes import PreprocessSpec
-    from pipelines.register import EncoderModel
+    from pipelines.register import EXPORT_ARTIFACT, PYFUNC_CODE, pinned_requirements
     from pipelines.tracking import TrackingConfig, use_experiment
 
-    export = tmp_path_factory.mktemp("export")
+    export = tmp_path_factory.mktemp("export") / EXPORT_ARTIFACT
+    export.mkdir()
     Encoder(VisionTransformer(ViTConfig(size="micro"))).save(export / "encoder.safetensors")
     (export / "preprocess.json").write_text(PreprocessSpec().to_json())
     experiment_id = use_experiment(TrackingConfig(tracking_uri=team_mlflow.url, experiment="team-check"))
@@ -69,8 +70,9 @@ def registered(team_mlflow, tmp_path_factory):
         mlflow.log_param("size", "micro")
         mlflow.log_metric("loss", 0.5, step=1)
         mlflow.log_text("through the server", "notes/readme.txt")
-        info = mlflow.pyfunc.log_model(name="encoder", python_model=EncoderModel(), artifacts={"encoder": str(export)},
-                                       pip_requirements=["torch==2.13.0", "safetensors"], registered_model_name=MODEL)
+        info = mlflow.pyfunc.log_model(name="encoder", python_model=str(PYFUNC_CODE),
+                                       artifacts={EXPORT_ARTIFACT: str(export)},
+                                       pip_requirements=pinned_requirements(), registered_model_name=MODEL)
     mlflow.set_tracking_uri(None)
     digest = hashlib.sha256((export / "encoder.safetensors").read_bytes()).hexdigest()
     return {"experiment_id": experiment_id, "run_id": run.info.run_id, "version": info.registered_model_version,

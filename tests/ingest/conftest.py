@@ -17,9 +17,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from braindino.catalogue import entry
 from ingest.readers import ScanPayload
 from ingest.readers.dicom_stack import LPS_TO_RAS
+from tests.conftest import real_scan
 
 PLANTED_IDENTIFIERS = {
     "PatientName": "Doe^Jane",
@@ -34,10 +34,7 @@ PLANTED_IDENTIFIERS = {
 
 def real_path(name: str) -> Path:
     """A file of the project's real-MRI catalogue, or skip the test when its package is absent."""
-    item = entry(name)
-    if not item.available:
-        pytest.skip(f"{name} not available: {item.install_hint}")
-    return item.path
+    return real_scan(name).path
 
 
 def file_payload(path: Path | str, key: str | None = None) -> ScanPayload:
@@ -160,22 +157,3 @@ def real_file():
 def payload_of():
     """``payload_of(path, key=None)`` -> a one-file ScanPayload of that file's bytes."""
     return file_payload
-
-
-@pytest.fixture(scope="session")
-def small_scan():
-    """``small_scan(catalogue_name)`` -> its ScanResult at 2 mm and 128 px (fast), processed once per session."""
-    from functools import cache
-
-    from braindino.volumes import PreprocessSpec
-    from ingest.process import process_scan
-
-    spec = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=128)
-
-    @cache
-    def process(name: str):
-        result = process_scan(file_payload(real_path(name)), spec)
-        assert result.ok, result.detail
-        return result
-
-    return process

@@ -21,17 +21,18 @@ import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
-from braindino.catalogue import entry
 from braindino.volumes import PreprocessSpec, centre_pad_crop
+from datastore.manifest import ManifestStore
+from datastore.shards import list_shards, read_shard
+from datastore.volumes import open_root
 from infra.local.bundled import upload_bundled
+from infra.local.catalogue import entry
 from infra.local.services import LocalMlflow, create_bucket
 from ingest.deid import pseudonym
-from ingest.job import IngestSettings, locate_scan, preview_ingest
-from ingest.manifest import ManifestStore
+from ingest.planning import locate_scan, preview_ingest
+from ingest.settings import IngestSettings
 from ingest.spec import load_spec
-from ingest.writers.shards import list_shards, read_shard
-from ingest.writers.zarr_store import open_root
-from pipelines.ingest import IngestConfig, ingest
+from pipelines.ingestion import IngestConfig, ingest
 from pipelines.tracking import TrackingConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -228,7 +229,7 @@ def test_slice_counts_shards_and_zarr_agree_with_the_manifest(world, committed_s
     for shard, samples in committed_samples.items():
         for key, image, record in samples:
             row = by_key.pop(key)
-            assert f"{root}/{row['shard']}" == shard and record["z"] == row["z"] and record["volume_id"] == row["volume_id"]
+            assert f"{root}/{row['shard']}" == shard and record.z == row["z"] and record.volume_id == row["volume_id"]
             expected = centre_pad_crop(volumes[row["volume_id"]][:, :, row["z"]], SPEC.slice_size)
             np.testing.assert_allclose(image.astype(np.float32), expected, atol=2e-3, rtol=2**-10)
     assert by_key == {}  # every manifest slice was found in exactly the shard it names
@@ -237,7 +238,7 @@ def test_slice_counts_shards_and_zarr_agree_with_the_manifest(world, committed_s
 def test_shards_mix_subjects_and_datasets(committed_samples):
     assert len(committed_samples) >= 5
     for shard, samples in committed_samples.items():
-        volumes = [record["volume_id"] for _, _, record in samples]
+        volumes = [record.volume_id for _, _, record in samples]
         longest, run = 1, 1
         for before, after in zip(volumes, volumes[1:]):
             run = run + 1 if before == after else 1
@@ -360,24 +361,24 @@ def test_a_changed_label_table_alone_commits_new_labels_and_nothing_else(world, 
     assert not ingest(world["config"]).committed  # and the next run finds nothing new again
 
 
-def test_a_manifest_that_predates_the_spec_record_gets_it_from_the_stored_volumes(world, killed_then_rerun):
-    """A version committed before manifests recorded the preprocessing spec (its record dropped here): the next
-    run refuses another spec, then with the same spec commits a version that records it and changes nothing else."""
+def test_a_layout_1_manifest_without_the_spec_is_upgraded_from_the_stored_volumes(world, killed_then_rerun):
+    """A version committed by layout 1 before commits recorded the preprocessing spec: the next run upgrades it
+    first (one commit recording the spec its volumes name, nothing else changed), then refuses another spec;
+    with the same spec there is nothing new."""
     fs, root = world["fs"], world["root"]
     before = latest(world)
     commit = json.loads(fs.open_input_stream(f"{root}/manifest/v{before.version:06d}.json").read())
     del commit["preprocess"]
     legacy = before.version + 1
     with fs.open_output_stream(f"{root}/manifest/v{legacy:06d}.json") as out:
-        out.write(json.dumps({**commit, "version": legacy}).encode())
-    assert latest(world).preprocess is None
+        out.write(json.dumps({**commit, "version": legacy, "schema_version": 1}).encode())
+    with pytest.raises(ValueError, match="upgrade-manifest"):
+        latest(world)
 
     config = world["config"]
     with pytest.raises(ValueError, match="'slice_size': 128.*'slice_size': 64"):
         ingest(replace(config, ingest=replace(config.ingest, preprocess=replace(SPEC, slice_size=64))))
-    report = ingest(config)
     after = latest(world)
-    assert report.committed and report.scans_processed == 0 and after.version == legacy + 1
-    assert after.preprocess == json.loads(SPEC.to_json())
+    assert after.version == legacy + 1 and after.preprocess == json.loads(SPEC.to_json())
     assert after.scans.equals(before.scans) and after.slices.equals(before.slices)
-    assert not ingest(config).committed
+    assert not ingest(config).committed and latest(world).version == legacy + 1

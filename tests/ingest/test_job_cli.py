@@ -1,5 +1,5 @@
 """The ingest driver's command line: ``--all`` over a folder of specs, local folders in and out, and the
-file itself runnable as a script (what ``ray job submit -- python pipelines/ingest.py`` runs)."""
+file itself runnable as a script (what ``ray job submit -- python pipelines/ingestion.py`` runs)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ingest.manifest import ManifestStore
-from ingest.storage import ObjectStoreConfig
-from pipelines.ingest import main
+from datastore.manifest import ManifestStore
+from datastore.objectstore import ObjectStoreConfig
+from pipelines.ingestion import main
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_pipelines_ingest_py_runs_as_a_file():
-    done = subprocess.run([sys.executable, "pipelines/ingest.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "pipelines/ingestion.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--all" in done.stdout and "--dataset" in done.stdout
 

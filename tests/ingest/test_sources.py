@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from datastore.objectstore import ObjectStoreConfig
 from ingest.sources import anonymous_name, list_objects, read_payload, scan_units
 from ingest.spec import DatasetSpec
-from ingest.storage import ObjectStoreConfig
 
 SPEC = DatasetSpec(name="mixed", source="", licence="test", include=["*"], exclude=["*.json"])
 

@@ -58,7 +58,7 @@ def test_the_sidecar_table_wins_over_rules_then_the_default(tmp_path):
     table = tmp_path / "sequences.csv"
     table.write_text("key,sequence\nsub-1/anat/sub-1_T1w.nii.gz,MPRAGE\n")
     spec = bids_like(sequence_table=str(table), default_sequence="other")
-    from ingest.storage import ObjectStoreConfig
+    from datastore.objectstore import ObjectStoreConfig
 
     loaded = spec.load_sequence_table(ObjectStoreConfig())
     assert spec.sequence_of("sub-1/anat/sub-1_T1w.nii.gz", loaded) == "MPRAGE"
@@ -67,7 +67,7 @@ def test_the_sidecar_table_wins_over_rules_then_the_default(tmp_path):
 
 
 def test_a_label_table_needs_a_subject_column(tmp_path):
-    from ingest.storage import ObjectStoreConfig
+    from datastore.objectstore import ObjectStoreConfig
 
     table = tmp_path / "participants.csv"
     table.write_text("participant,age\n007,31\n")

@@ -6,7 +6,11 @@ The ``ray job submit`` test stops its own Ray head, so it is moved to the very e
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 from pathlib import Path
+
+import cloudpickle
 
 import pytest
 
@@ -27,8 +31,9 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(scope="session")
 def ingested(object_store, ray_session):
     """ICBM152 2009c T1 and T2 (real, from the catalogue) ingested by the ingest job to ``s3://BUCKET/ingest``."""
-    from braindino.catalogue import entry
-    from ingest.job import IngestSettings, run_ingest
+    from infra.local.catalogue import entry
+    from ingest.job import run_ingest
+    from ingest.settings import IngestSettings
     from ingest.spec import DatasetSpec, SequenceRule
 
     names = ("icbm2009c_t1", "icbm2009c_t2")
@@ -82,3 +87,21 @@ def tiny_config(tiny_overrides):
         return load_config(PretrainConfig, TINY, [*tiny_overrides(root), *overrides])
 
     return build
+
+
+@pytest.fixture
+def no_unpickling():
+    """``with no_unpickling(): ...``: every unpickling entry point (pickle, cloudpickle) raises inside the block."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    @contextlib.contextmanager
+    def guard():
+        with pytest.MonkeyPatch.context() as patch:
+            for module in (pickle, cloudpickle):
+                for name in ("load", "loads", "Unpickler"):
+                    if hasattr(module, name):
+                        patch.setattr(module, name, refuse)
+            yield
+
+    return guard

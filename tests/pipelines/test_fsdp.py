@@ -6,19 +6,16 @@ ranks must load on one rank with every weight (and the optimizer step) intact.
 
 from __future__ import annotations
 
-import os
-import socket
-from dataclasses import dataclass
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from braindino.augment import MultiCropBatch
 from braindino.models.heads import HeadConfig
 from braindino.models.vit import ViTConfig
 from braindino.ssl import SelfDistillation, SelfDistillationConfig
 from pipelines.train.config import ParallelConfig
+from tests.distributed import join_gloo, spawn_ranks
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -26,19 +23,10 @@ HEAD = HeadConfig(n_prototypes=64, hidden_dim=64, bottleneck_dim=32)
 MODEL = SelfDistillationConfig(vit=ViTConfig(size="micro"), dino_head=HEAD, ibot_head=HEAD)
 
 
-@dataclass
-class Batch:
-    global_crops: torch.Tensor
-    local_crops: torch.Tensor
-    masks: torch.Tensor
-    n_global: int = 2
-    n_local: int = 2
-
-
-def _batch(seed: int) -> Batch:
+def _batch(seed: int) -> MultiCropBatch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(8, 1, 32, 32, generator=g), torch.randn(8, 1, 16, 16, generator=g),
-                 torch.rand(8, 4, generator=g) < 0.3)
+    return MultiCropBatch(torch.randn(8, 1, 32, 32, generator=g), torch.randn(8, 1, 16, 16, generator=g),
+                          torch.rand(8, 4, generator=g) < 0.3, n_global=2, n_local=2)
 
 
 def _model() -> SelfDistillation:
@@ -48,11 +36,6 @@ def _model() -> SelfDistillation:
         for p in model.student.parameters():
             p.add_(0.01 * torch.randn_like(p))
     return model
-
-
-def _init(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
 def _sharded(model: SelfDistillation) -> SelfDistillation:
@@ -71,7 +54,7 @@ def _full(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _ema_worker(rank: int, world: int, port: int, out: str) -> None:
-    _init(rank, world, port)
+    join_gloo(rank, world, port)
     reference = _model()
     reference.update_teacher(0.9)
     model = _sharded(_model())
@@ -86,9 +69,9 @@ def _ema_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def _save_worker(rank: int, world: int, port: int, directory: str, out: str) -> None:
     from braindino.optim import OptimConfig, build_optimizer
-    from pipelines.train.checkpoint import TrainState, save_checkpoint
+    from pipelines.train.checkpoint import DataPosition, TrainState, save_checkpoint
 
-    _init(rank, world, port)
+    join_gloo(rank, world, port)
     model = _sharded(_model())
     optimizer = build_optimizer(model.student, OptimConfig())
     for step in range(2):
@@ -97,7 +80,7 @@ def _save_worker(rank: int, world: int, port: int, directory: str, out: str) -> 
         optimizer.step()
         optimizer.zero_grad()
         model.update_teacher(0.99)
-    save_checkpoint(directory, model, optimizer, TrainState(step=2, samples_seen=16 * world))
+    save_checkpoint(directory, model, optimizer, TrainState(step=2, data=DataPosition(samples_seen=16 * world)))
     student, teacher = _full(model.student), _full(model.teacher)
     if rank == 0:
         torch.save({"student": student, "teacher": teacher}, out)
@@ -108,7 +91,7 @@ def _load_worker(rank: int, world: int, port: int, directory: str, out: str) -> 
     from braindino.optim import OptimConfig, build_optimizer
     from pipelines.train.checkpoint import load_checkpoint
 
-    _init(rank, world, port)
+    join_gloo(rank, world, port)
     torch.manual_seed(123)
     model = _sharded(SelfDistillation(MODEL))
     optimizer = build_optimizer(model.student, OptimConfig())
@@ -122,7 +105,7 @@ def _load_worker(rank: int, world: int, port: int, directory: str, out: str) -> 
 def _options_worker(rank: int, world: int, port: int, out: str) -> None:
     from pipelines.train.parallelize import parallelize, world_mesh
 
-    _init(rank, world, port)
+    join_gloo(rank, world, port)
     results = {}
     for name, options in (("plain", ParallelConfig()), ("checkpointed_compiled",
                                                         ParallelConfig(activation_checkpointing=True, compile=True))):
@@ -138,15 +121,9 @@ def _options_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sharded_ema_update_equals_unsharded(tmp_path):
     out = tmp_path / "ema.pt"
-    mp.spawn(_ema_worker, args=(2, _port(), str(out)), nprocs=2)
+    spawn_ranks(_ema_worker, 2, str(out))
     result = torch.load(out)
     assert result["keys"]
     assert result["worst"] < 1e-6
@@ -154,7 +131,7 @@ def test_sharded_ema_update_equals_unsharded(tmp_path):
 
 def test_activation_checkpointing_and_compile_leave_loss_and_gradients_unchanged(tmp_path):
     out = tmp_path / "options.pt"
-    mp.spawn(_options_worker, args=(1, _port(), str(out)), nprocs=1)
+    spawn_ranks(_options_worker, 1, str(out))
     plain, optimised = torch.load(out).values()
     assert optimised["loss"] == pytest.approx(plain["loss"], rel=1e-5)
     assert sorted(optimised["grads"]) == sorted(plain["grads"]) and len(plain["grads"]) > 20
@@ -166,9 +143,9 @@ def test_checkpoint_saved_by_two_ranks_loads_on_one(tmp_path):
     from pipelines.train.checkpoint import load_backbone_weights
 
     directory, saved, loaded = tmp_path / "ckpt", tmp_path / "saved.pt", tmp_path / "loaded.pt"
-    mp.spawn(_save_worker, args=(2, _port(), str(directory), str(saved)), nprocs=2)
+    spawn_ranks(_save_worker, 2, str(directory), str(saved))
     assert {p.name for p in directory.glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
-    mp.spawn(_load_worker, args=(1, _port(), str(directory), str(loaded)), nprocs=1)
+    spawn_ranks(_load_worker, 1, str(directory), str(loaded))
     before, after = torch.load(saved), torch.load(loaded)
     assert after["step"] == 2
     assert after["adam_steps"] == {2.0}

@@ -1,35 +1,47 @@
 """``ray job submit`` of the ingest and pretrain drivers against a local ``ray start --head``.
 
-This file runs last in the session (see ``conftest.pytest_collection_modifyitems``). ``LocalRayHead``
-uses free ports and stops only its own processes, so the session's Ray is untouched. The head inherits
-this process's environment (S3 keys, pseudonym key), as a cluster's pods get theirs from secrets.
+This file runs last in the session (see ``conftest.pytest_collection_modifyitems``). The head uses
+free ports, stops only its own processes (the session's Ray is untouched) and declares the two CPUs
+of the machine it is tested on. It inherits this process's environment (S3 keys, pseudonym key), as a
+cluster's pods get theirs from secrets; the uploaded working directory has no ``.git``, so the
+commit the runs name travelled with the submission.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import subprocess
+from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from infra.local.ray_nodes import LocalRayHead
+from infra.local.ray_nodes import local_ray_head
 from infra.local.services import create_bucket
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def ray_head():
-    head = LocalRayHead()
-    try:
-        yield head.start()
-    finally:
-        head.stop()
+    with local_ray_head(num_cpus=2) as address:
+        yield address
+
+
+def submitted_revision() -> dict[str, str]:
+    """HEAD of this checkout and whether its tree differs from it, as git reports them here."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": "true" if git("status", "--porcelain") else "false"}
 
 
 def test_ray_job_submit_ingests_real_scans_from_s3(ray_head, object_store, tmp_path, capfd):
-    from braindino.catalogue import entry
-    from ingest.manifest import ManifestStore
+    from infra.local.catalogue import entry
+    from datastore.manifest import ManifestStore
     from pipelines.jobs import submit_job
 
     scan = entry("icbm2009c_t1")
@@ -44,7 +56,7 @@ def test_ray_job_submit_ingests_real_scans_from_s3(ray_head, object_store, tmp_p
     spec = tmp_path / "submitted.yaml"
     spec.write_text(f"name: submitted\nsource: s3://{bucket}/raw\nlicence: MNI ICBM152\n")
     output = f"s3://{bucket}/ingest"
-    submit_job(ray_head, "ingest.py", [
+    submit_job(ray_head, "ingestion.py", [
         "--config", "configs/ingest.yaml", "--dataset", str(spec),
         "--set", f"ingest.output={output}", "--set", f"ingest.storage.endpoint_url={object_store.endpoint_url}",
         "--set", "ingest.preprocess.spacing=[2.0, 2.0, 2.0]", "--set", "ingest.preprocess.slice_size=96",
@@ -57,13 +69,16 @@ def test_ray_job_submit_ingests_real_scans_from_s3(ray_head, object_store, tmp_p
     ok = [row for row in manifest.scans.to_pylist() if row["status"] == "ok"]
     assert len(ok) == 1 and manifest.slices.num_rows == ok[0]["slices_kept"] > 0
     assert f"{output}/manifest/v000001.json" in printed
+    tracking = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ingest_run, = tracking.search_runs([tracking.get_experiment_by_name("braindino-ingest").experiment_id])
+    assert {key: ingest_run.data.tags[key] for key in ("git.commit", "git.dirty")} == submitted_revision()
 
 
 def test_ray_job_submit_trains_both_stages_and_registers_the_encoder(ray_head, tmp_path, tiny_overrides,
                                                                       object_store, capfd):
     from pipelines.pretrain import submit
 
-    overrides = [*tiny_overrides(tmp_path), "stage1.iterations=12", "stage2.iterations=4", "checkpoint.every=6",
+    overrides = [*tiny_overrides(tmp_path), "stage1.iterations=6", "stage2.iterations=2", "checkpoint.every=3",
                  "eval.every=6", "data.augment_on=worker",  # the other tests cover ray_data
                  "checkpoint.storage_path=s3://pretrain-data/job-submit/ray_results"]  # checkpoints in object storage
     uri = next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.tracking_uri="))
@@ -74,9 +89,17 @@ def test_ray_job_submit_trains_both_stages_and_registers_the_encoder(ray_head, t
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["data.augment_on"] == "worker"
     history = client.get_metric_history(run_id, "loss_total")
-    assert max(m.step for m in history) == 12 + 4 - 1
+    assert max(m.step for m in history) == 6 + 2 - 1
+    revision = submitted_revision()
+    assert {key: run.data.tags[key] for key in revision} == revision
     version = client.get_model_version_by_alias("braindino-encoder", "candidate")
-    assert version.run_id == run_id
+    assert version.run_id == run_id and {key: version.tags[key] for key in revision} == revision
+    mlflow.set_tracking_uri(uri)
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/braindino-encoder/{version.version}",
+                                                     dst_path=str(tmp_path / "registered")))
+    weights, = files.rglob("encoder.safetensors")
+    assert version.tags["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert revision["git.commit"] in version.description
     stage2 = run.data.tags["checkpoint.stage2"]
     assert stage2.startswith("pretrain-data/job-submit/ray_results/job-submit-stage2/checkpoint_")
     listed = object_store.boto3_client().list_objects_v2(Bucket="pretrain-data", Prefix=stage2.split("/", 1)[1])

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_stream_follows_the_manifest_and_skips_superseded_samples(ingested, object_store, tiny_config, tmp_path):
-    from ingest.writers.shards import read_shard
+    from datastore.shards import read_shard
 
     config = tiny_config(tmp_path, "data.augment_on=worker")  # the stream of whole slices
     index = shard_index(ingested, object_store)

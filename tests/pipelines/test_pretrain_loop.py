@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
-from braindino.catalogue import entry
 from braindino.config import load_config
-from braindino.volumes import PreprocessSpec, preprocess
+from braindino.volumes import PreprocessSpec
+from infra.local.catalogue import slice_stack
 from pipelines.train.checkpoint import TrainState, load_backbone_weights
 from pipelines.train.config import PretrainConfig
 from pipelines.train.loop import StagePlan, StageTrainer
+from tests.conftest import real_scan
 
 pytestmark = pytest.mark.timeout(300)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
@@ -30,23 +27,8 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.
 
 @pytest.fixture(scope="module")
 def real_slices() -> torch.Tensor:
-    item = entry("icbm2009c_t1")
-    if not item.available:
-        pytest.skip(f"icbm2009c_t1 not available: {item.install_hint}")
-    img = nib.load(str(item.path))
-    _, kept = preprocess(np.asarray(img.dataobj, dtype=np.float32), img.affine,
-                         PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96))
-    return torch.from_numpy(np.stack([image for _, image, _ in kept]))
-
-
-@pytest.fixture
-def one_rank():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+    real_scan("icbm2009c_t1")
+    return torch.from_numpy(slice_stack(["icbm2009c_t1"], PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96)))
 
 
 class InMemoryShard:
@@ -76,16 +58,17 @@ def _trainer(tmp_path, *overrides) -> tuple[StageTrainer, list]:
     return trainer, reports
 
 
-def test_loop_checkpoints_step_and_data_position(tmp_path, one_rank, real_slices):
+def test_loop_checkpoints_step_and_data_position(tmp_path, gloo_rank, real_slices):
     trainer, reports = _trainer(tmp_path, "stage1.iterations=6")
     state = trainer.run(InMemoryShard(real_slices), checkpoint=None)
     assert state.step == 6 and not state.diverged
     assert [m["step"] for m, _ in reports] == [3, 6]
     saved = TrainState.read(reports[-1][1])
-    assert saved.samples_seen == 6 * 8 and saved.data_epoch * (len(real_slices) // 8) + saved.batches_in_epoch == 6
+    position = saved.data
+    assert position.samples_seen == 6 * 8 and position.data_epoch * (len(real_slices) // 8) + position.batches_in_epoch == 6
 
 
-def test_nan_loss_stops_with_a_final_checkpoint_of_the_last_good_state(tmp_path, one_rank, real_slices):
+def test_nan_loss_stops_with_a_final_checkpoint_of_the_last_good_state(tmp_path, gloo_rank, real_slices):
     trainer, reports = _trainer(tmp_path, "stage1.iterations=8")
     forward = trainer.model.forward
     calls = {"n": 0}

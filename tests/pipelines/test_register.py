@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from pathlib import Path
+
+import yaml
 
 import mlflow
 import pytest
 import torch
-import torch.distributed as dist
 from mlflow.tracking import MlflowClient
 
 from braindino.config import load_config
@@ -19,10 +19,11 @@ from braindino.models.vit import VisionTransformer
 from braindino.ssl import SelfDistillation
 from braindino.volumes import PreprocessSpec
 from pipelines.registry import RegistryError, fetch_encoder
-from pipelines.register import export_encoder, main as register_main, register_run
+from pipelines.register import RegisterJobConfig, export_encoder, main as register_main, register_run, stage_summaries
 from pipelines.train.checkpoint import TrainState, save_checkpoint
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import ShardIndex
+from tests.distributed import one_rank_group
 
 pytestmark = pytest.mark.timeout(300)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
@@ -31,11 +32,7 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.
 @pytest.fixture
 def checkpoint(tmp_path):
     """A one-rank distributed checkpoint of the tiny model whose teacher differs from its initialisation."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
+    with one_rank_group():
         config = load_config(PretrainConfig, TINY)
         torch.manual_seed(0)
         model = SelfDistillation(config.model)
@@ -44,15 +41,13 @@ def checkpoint(tmp_path):
                 p.add_(0.05 * torch.randn_like(p))
         save_checkpoint(tmp_path / "ckpt", model, None, TrainState(stage="stage2", step=42))
         teacher = {k: v.clone() for k, v in model.teacher.backbone.state_dict().items()}
-    finally:
-        dist.destroy_process_group()
     return config, tmp_path / "ckpt", teacher
 
 
 def test_export_writes_the_teacher_backbone_as_safetensors_with_its_specs(tmp_path, checkpoint):
     config, directory, teacher = checkpoint
     assert (directory / "rng" / "rank0.json").exists() and not list(directory.rglob("*.pt"))  # no pickles
-    weights = export_encoder(directory, config, tmp_path / "export", PreprocessSpec(slice_size=96))
+    weights = export_encoder(directory, config.model.vit, tmp_path / "export", PreprocessSpec(slice_size=96))
     encoder = Encoder.from_checkpoint(weights)
     for key, value in encoder.backbone.state_dict().items():
         assert torch.equal(value, teacher[key]), key
@@ -60,31 +55,39 @@ def test_export_writes_the_teacher_backbone_as_safetensors_with_its_specs(tmp_pa
     assert json.loads(weights.with_suffix(".json").read_text())["vit"]["size"] == "micro"
 
 
-def test_register_sets_candidate_with_a_model_card_and_promote_sets_champion(checkpoint, mlflow_local):
+def test_register_sets_candidate_with_a_model_card_and_promote_sets_champion(checkpoint, mlflow_local, no_unpickling):
     config, directory, teacher = checkpoint
     mlflow.create_experiment("braindino-pretrain", artifact_location=f"{mlflow_local.artifact_root}/pretrain")
     client = MlflowClient(mlflow_local.tracking_uri)
     experiment = client.get_experiment_by_name("braindino-pretrain").experiment_id
     run = client.create_run(experiment, tags={
         "data.manifest": "s3://bucket/ingest", "data.manifest_version": "3", "data.manifest_digest": "ab" * 32,
-        "data.summary": json.dumps({"slices": 384, "datasets": {"icbm152": 2}}), "git.commit": "0" * 40})
+        "git.commit": "0" * 40, "git.dirty": "false"})
     client.log_metric(run.info.run_id, "knn_probe_accuracy", 0.875, step=42)
-    index = ShardIndex(root="s3://bucket/ingest", version=3, digest="ab" * 32, shards=(), n_slices=384, scans=(),
-                       preprocess=json.loads(PreprocessSpec(spacing=(2.0, 2.0, 2.0)).to_json()),
+    scans = tuple({"dataset": "icbm152", "sequence": sequence, "subject": "icbm152", "slices_kept": 192}
+                  for sequence in ("T1w", "T2w"))
+    index = ShardIndex(root="s3://bucket/ingest", version=3, digest="ab" * 32, shards=(), n_slices=384, scans=scans,
+                       preprocess=PreprocessSpec(spacing=(2.0, 2.0, 2.0)),
                        licences={"icbm152": {"licence": "MNI ICBM152 templates", "citation": "Fonov 2011"}})
     version = register_run(config, directory, run.info.run_id, mlflow_local.tracking_uri, index)
     registered = client.get_model_version_by_alias("braindino-encoder", "candidate")
     assert str(registered.version) == version and registered.run_id == run.info.run_id
     card = registered.description
-    for fact in ("ViT `micro`", "MNI ICBM152 templates", "Fonov 2011", '"spacing": [2.0, 2.0, 2.0]', "0.875", "Research only", "not for clinical",
-                 "ab" * 32, "stage 2"):
+    for fact in ("ViT `micro`", "MNI ICBM152 templates", "Fonov 2011", '"spacing": [2.0, 2.0, 2.0]', "0.875", "Research only",
+                 "not for clinical", "ab" * 32, "icbm152 (2 scans)", "384 slices", "stage 2: 12 iterations", "Gram anchoring", "0" * 40):
         assert fact in card, fact
     assert registered.tags["intended_use"] == "research, not clinical"
+    assert registered.tags["git.commit"] == "0" * 40 and registered.tags["git.dirty"] == "false"
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias("braindino-encoder", "champion")
     register_main(["promote", "--version", version, "--tracking-uri", mlflow_local.tracking_uri])
     assert str(client.get_model_version_by_alias("braindino-encoder", "champion").version) == version
-    served = mlflow.pyfunc.load_model("models:/braindino-encoder@champion")
+    files = Path(mlflow.artifacts.download_artifacts("models:/braindino-encoder@champion", dst_path=str(mlflow_local.root / "model")))
+    assert (files / "MLmodel").exists() and not [p for p in files.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt")]
+    assert len(list(files.rglob("encoder.safetensors"))) == 1
+    assert f"torch=={torch.__version__.split('+')[0]}" in (files / "requirements.txt").read_text().split()
+    with no_unpickling():
+        served = mlflow.pyfunc.load_model("models:/braindino-encoder@champion")
     slices = torch.randn(2, 1, 32, 32)
     backbone = VisionTransformer(config.model.vit).eval()
     backbone.load_state_dict(teacher)
@@ -99,3 +102,29 @@ def test_register_sets_candidate_with_a_model_card_and_promote_sets_champion(che
         assert torch.equal(fetched.load().encode_slices(slices), backbone(slices).cls)
     with pytest.raises(RegistryError, match="names no registered version"):
         fetch_encoder("models:/braindino-encoder@nowhere", mlflow_local.tracking_uri)
+
+
+def test_the_card_names_gram_anchoring_only_for_a_later_stage_with_a_positive_weight():
+    config = load_config(PretrainConfig, TINY)
+    lines = stage_summaries(config)
+    assert len(lines) == 2 and "Gram" not in lines[0]
+    assert lines[1].startswith("- stage 2: 12 iterations of 8 slices per worker; 2 global crops of 96 px")
+    assert lines[1].endswith("DINO + iBOT + KoLeo + Gram anchoring to the stage-1 teacher (weight 1)")
+    one_stage = load_config(PretrainConfig, TINY, ["stage2.iterations=0", "model.koleo_weight=0"])
+    assert stage_summaries(one_stage) == ["- stage 1: 30 iterations of 8 slices per worker; 2 global crops of 64 px, "
+                                          "4 local crops of 32 px; DINO + iBOT"]
+
+
+def test_register_job_prints_its_config_and_refuses_without_a_run(capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        register_main(["--config", str(TINY), "--run-id", "0123", "--checkpoint", "/ckpt/stage2", "--print-config"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "printed.yaml").write_text(printed)
+    config = load_config(RegisterJobConfig, tmp_path / "printed.yaml")
+    tiny = load_config(PretrainConfig, TINY)
+    assert (config.run_id, config.checkpoint_dir) == ("0123", "/ckpt/stage2")
+    assert (config.stage2, config.checkpoint) == (tiny.stage2, tiny.checkpoint)
+    assert yaml.safe_load(printed)["data"]["store"]["secret_key"] is None
+    with pytest.raises(SystemExit, match="--run-id RUN --checkpoint PATH"):
+        register_main(["--config", str(TINY)])

@@ -1,6 +1,7 @@
 """Real brain MRI that installable packages ship: where each file is and what it holds.
 
-The demo, the tests and the benchmarks all draw their scans from here, so no run needs the network.
+The demo, the tests and the benchmarks all draw their scans from here, so no run needs the network
+(``preprocessed`` and ``slice_stack`` turn an entry into model input the way ingest does).
 Each entry names its source (a Python package or a Debian package), its subject (ICBM 2009a and 2009c
 average the same 152 people: they share the subject ``icbm152`` and must stay on one side of any
 split), its modality and kind, and its licence. An entry whose source is not installed is simply
@@ -11,9 +12,15 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import nibabel as nib
+import numpy as np
+
+from braindino.volumes import CanonicalVolume, PreprocessSpec, Slice, preprocess
 
 Kind = Literal["image", "labels", "mask", "probability", "series"]
 
@@ -98,3 +105,17 @@ def entry(name: str) -> CatalogueEntry:
 def available(kind: Kind | None = None) -> list[CatalogueEntry]:
     """Entries whose source is installed here, optionally of one kind."""
     return [e for e in CATALOGUE if e.available and (kind is None or e.kind == kind)]
+
+
+def preprocessed(name: str, spec: PreprocessSpec) -> tuple[CanonicalVolume, list[Slice]]:
+    """The entry's image preprocessed with ``spec`` (FileNotFoundError, with the install hint, when absent)."""
+    item = entry(name)
+    if item.path is None:
+        raise FileNotFoundError(f"{name} is not installed here: {item.install_hint}")
+    image = nib.load(str(item.path))
+    return preprocess(np.asarray(image.dataobj, dtype=np.float32), image.affine, spec)
+
+
+def slice_stack(names: Sequence[str], spec: PreprocessSpec) -> np.ndarray:
+    """The kept axial slices of the entries ``names``, preprocessed with ``spec``, as one ``[N, S, S]`` float32 array."""
+    return np.stack([kept.image for name in names for kept in preprocessed(name, spec)[1]])

@@ -1,5 +1,7 @@
 """Canonical volumes in zarr v3: one group per dataset, one float32 array per scan, one chunk per axial slice.
 
+Written by ingest, read back by its QC montages and by anything that needs whole volumes.
+
 The store lives at ``<output root>/zarr`` (local folder or S3 through s3fs). Arrays are named by
 ``volume_id`` (scan pseudonym + content digest), so rewriting the same content is idempotent and a
 changed scan never overwrites the data its superseded manifest row points to. Chunks are
@@ -15,24 +17,14 @@ import numpy as np
 import zarr
 
 from braindino.volumes import CanonicalVolume
-from ingest.storage import ObjectStoreConfig
+from datastore.objectstore import ObjectStoreConfig
 
 ZARR_FOLDER = "zarr"
 
 
 def open_root(output: str, storage: ObjectStoreConfig, mode: str = "a") -> zarr.Group:
     """The root group of the volume store under ``output`` (``s3://bucket/prefix`` or a local folder)."""
-    url = f"{output.rstrip('/')}/{ZARR_FOLDER}"
-    if url.startswith("s3://"):
-        options: dict[str, Any] = {"client_kwargs": {"region_name": storage.region}}
-        if storage.endpoint_url:
-            options["endpoint_url"] = storage.endpoint_url
-        if storage.access_key and storage.secret_key:
-            options.update(key=storage.access_key, secret=storage.secret_key)
-        store = zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=mode == "r")
-    else:
-        _, path = storage.resolve(url)
-        store = zarr.storage.LocalStore(path, read_only=mode == "r")
+    store = storage.zarr_store(f"{output.rstrip('/')}/{ZARR_FOLDER}", read_only=mode == "r")
     return zarr.open_group(store=store, mode=mode)
 
 

@@ -21,7 +21,7 @@ on a shared machine does not inflate); wall time is reported beside them. The lo
 second to second (caches, memory bandwidth), so the chains take turns: ``--rounds`` rounds, each giving
 every chain ``--seconds / --rounds`` CPU seconds. ``mean`` is over all rounds, ``best`` is the
 least-disturbed round. Usage:
-    python benchmarks/ingest.py --out ingest.json [--seconds 30] [--rounds 5] [--max-scans 300]
+    python benchmarks/ingest_speed.py --out ingest.json [--seconds 30] [--rounds 5] [--max-scans 300]
 """
 
 from __future__ import annotations
@@ -44,16 +44,12 @@ import time
 import zlib
 from pathlib import Path
 
-# Run as a script, this file's folder leads sys.path and its name would shadow the ``ingest`` package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from braindino.catalogue import available
 from braindino.volumes import PreprocessSpec
+from infra.local.catalogue import available
 from ingest.process import ScanPayload, process_scan
 from ingest.readers.nifti import float32_voxels
 
@@ -79,9 +75,10 @@ def catalogue_payloads(inputs: str) -> list[ScanPayload]:
     return payloads
 
 
-def encode_float16_npy(image: np.ndarray) -> bytes:
+def numpy_npy(image: np.ndarray, dtype: type = np.float32) -> bytes:
+    """``image`` cast with NumPy and written by ``np.save``: the obvious encoder."""
     buffer = io.BytesIO()
-    np.save(buffer, image.astype(np.float16), allow_pickle=False)
+    np.save(buffer, image.astype(dtype, copy=False), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -93,12 +90,12 @@ def run_floor(payload: ScanPayload) -> int:
 
 
 def run_braindino(payload: ScanPayload) -> int:
-    from ingest.writers.shards import npy_bytes, sample_stack  # imported by ``worker`` before the clock starts
+    from datastore.shards import npy_bytes, sample_stack  # imported by ``worker`` before the clock starts
 
     result = process_scan(payload, SPEC)
     if not result.ok:
         raise RuntimeError(f"{payload.key} quarantined: {result.reason}: {result.detail}")
-    for image in sample_stack([image for _, image, _ in result.slices]):
+    for image in sample_stack([kept.image for kept in result.slices]):
         npy_bytes(image)
     return len(result.slices)
 
@@ -127,7 +124,7 @@ def run_monai_style(payload: ScanPayload) -> int:
         pads = [((SPEC.slice_size - n) // 2, SPEC.slice_size - n - (SPEC.slice_size - n) // 2) for n in image.shape]
         padded = np.pad(image, [(max(a, 0), max(b, 0)) for a, b in pads])
         starts = [(n - SPEC.slice_size) // 2 for n in padded.shape]
-        encode_float16_npy(padded[starts[0] : starts[0] + SPEC.slice_size, starts[1] : starts[1] + SPEC.slice_size])
+        numpy_npy(padded[starts[0] : starts[0] + SPEC.slice_size, starts[1] : starts[1] + SPEC.slice_size], np.float16)
         count += 1
     return count
 
@@ -138,7 +135,7 @@ RUNNERS = {"floor": run_floor, "braindino": run_braindino, "monai_style": run_mo
 def worker(chain: str, inputs: str, seconds: float, max_scans: int, first_scan: int) -> dict:
     """Cycle the catalogue through one chain, from ``first_scan`` on, until the time or scan budget is spent."""
     if chain == "braindino":  # torch, for the float16 stack: only this chain's process loads it, as the job's workers do
-        importlib.import_module("ingest.writers.shards")
+        importlib.import_module("datastore.shards")
     payloads = catalogue_payloads(inputs)
     loaded_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports + catalogue bytes
     run = RUNNERS[chain]
@@ -191,21 +188,21 @@ def summarise(inputs: str, chain: str, parts: list[dict]) -> dict:
 
 def slice_encodings() -> dict:
     """Bytes and encode time per 256 x 256 slice for candidate shard encodings, per 1 mm catalogue scan."""
-    from ingest.writers.shards import npy_bytes, sample_stack
+    from datastore.shards import npy_bytes, sample_stack
 
     def float16_npy(image: np.ndarray) -> bytes:  # as the job stores a slice
         return npy_bytes(sample_stack([image])[0])
 
     encoders = {
-        "float32_npy": _npy,
-        "float16_npy_numpy_cast": encode_float16_npy,
+        "float32_npy": numpy_npy,
+        "float16_npy_numpy_cast": lambda s: numpy_npy(s, np.float16),
         "float16_npy": float16_npy,
         "float16_npy_zlib1": lambda s: zlib.compress(float16_npy(s), 1),
         "float16_npy_zlib6": lambda s: zlib.compress(float16_npy(s), 6),
     }
     report: dict = {"zstd": "not measured: no zstd module in this environment", "scans": {}}
     for payload in catalogue_payloads("iso_1mm"):
-        slices = [image for _, image, _ in process_scan(payload, SPEC).slices]
+        slices = [kept.image for kept in process_scan(payload, SPEC).slices]
         per_scan = {"slices": len(slices)}
         for name, encode in encoders.items():
             start = time.process_time()
@@ -216,12 +213,6 @@ def slice_encodings() -> dict:
             }
         report["scans"][payload.key] = per_scan
     return report
-
-
-def _npy(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, image, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def main() -> None:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import zarr
 
-from ingest.storage import ObjectStoreConfig
-from ingest.writers.zarr_store import open_root, prepare_root, read_axial_slice, write_volume
+from datastore.objectstore import ObjectStoreConfig
+from datastore.volumes import open_root, prepare_root, read_axial_slice, write_volume
 
 @pytest.fixture(scope="module")
-def t2_volume(small_scan):
-    return small_scan("icbm2009c_t2").volume
+def t2_volume(preprocessed):
+    return preprocessed("icbm2009c_t2")[0]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

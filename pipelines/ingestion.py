@@ -2,7 +2,7 @@
 
 Locally: ``braindino ingest --config configs/ingest.yaml --dataset configs/datasets/icbm152.yaml`` (or
 ``--all`` for every spec in ``datasets_dir``). On a cluster:
-``ray job submit --working-dir . -- python pipelines/ingest.py --config configs/ingest.yaml --all``;
+``ray job submit --working-dir . -- python pipelines/ingestion.py --config configs/ingest.yaml --all``;
 with ``RAY_ADDRESS`` set the job attaches to that cluster instead of starting a local Ray.
 Each run is incremental (the manifest is the ledger) and is logged to MLflow as an ingest run.
 """
@@ -14,14 +14,13 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a file: this folder must not shadow the `ingest` package
-    _HERE = Path(__file__).resolve().parent
-    sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
 from braindino.config import flatten, to_dict
-from ingest.job import (INGEST_VERSION, FaultHook, IngestReport, IngestSettings, locate_scan, preview_ingest,
-                        run_ingest)
+from datastore.upgrade import upgrade_manifest
+from ingest.job import FaultHook, run_ingest
 from ingest.lease import LeaseHeld, checking, hold_lease
+from ingest.planning import locate_scan, preview_ingest
+from ingest.report import IngestReport
+from ingest.settings import INGEST_VERSION, IngestSettings
 from ingest.spec import DatasetSpec, load_spec, spec_paths
 from pipelines.jobs import connect_ray, job_parser, load_job_config
 from pipelines.shared_storage import require_shared_storage
@@ -48,7 +47,7 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
     for item in report.quarantined:
         print(f"  quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
     output = config.ingest.output.rstrip("/")
-    print(f"  manifest {output}/manifest/v{report.manifest_version:06d}.json (ingest.manifest.ManifestStore reads it)")
+    print(f"  manifest {output}/manifest/v{report.manifest_version:06d}.json (datastore.manifest.ManifestStore reads it)")
     print(f"  shards {output}/shards/, zarr volumes {output}/zarr/")
     for dataset, path in report.qc.items():
         print(f"  QC montage ({dataset}): {path}")
@@ -105,8 +104,16 @@ def main(argv: list[str] | None = None) -> None:
                         "datasets with redact_keys) and exit; prints nothing anywhere else")
     parser.add_argument("--dry-run", action="store_true", help="list what a run would process (new and changed "
                         "scans per dataset, from the listings and the manifest) and exit; writes nothing")
+    parser.add_argument("--upgrade-manifest", action="store_true", help="upgrade the manifest of ingest.output "
+                        "written by an older layout (a run does this first too) and exit")
     args = parser.parse_args(argv)
     config = load_job_config(IngestConfig, args)
+    if args.upgrade_manifest:
+        settings = config.ingest
+        version = upgrade_manifest(settings.output, settings.storage, settings.preprocess)
+        print(f"{settings.output}: manifest upgraded, v{version:06d}.json" if version else
+              f"{settings.output}: manifest already current (or empty), nothing written")
+        return
     chosen = [str(p) for p in spec_paths(config.datasets_dir)] if args.all else args.dataset or config.datasets
     if args.locate:
         found = locate_scan(load_specs(chosen), config.ingest.storage, args.locate)

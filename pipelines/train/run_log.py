@@ -1,9 +1,11 @@
-"""What a pretraining run shows in MLflow, logged from rank 0 only.
+"""The run logger: what a pretraining run writes to its MLflow run (from rank 0 only), and the PCA figure.
 
-Metrics per logged step: loss terms, lr, weight decay, EMA momentum, teacher temperature, health
-signals (teacher entropy, KL to uniform, feature std, prototype usage, collapse warning), throughput
-(images/s, tokens/s) and the data-wait fraction. At evaluation intervals: a PCA-RGB map of the
-teacher's patch features on fixed real slices (PNG artifact) and a kNN sequence-probe accuracy.
+Metrics per logged step: loss terms, the schedule values the step ran with (lr, weight decay, EMA
+momentum, teacher temperature, prototype freeze), health signals (teacher entropy, KL to uniform,
+feature std, prototype usage, collapse warning), throughput (images/s, tokens/s) and the data-wait
+fraction, all at the step counted across stages, so both stages' curves share one axis. At evaluation
+intervals: a PCA-RGB map of the teacher's patch features on fixed real slices (PNG artifact) and a kNN
+sequence-probe accuracy.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +36,6 @@ class RunLogger:
     def metrics(self, values: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -64,7 +65,3 @@ def pca_figure(images: np.ndarray, rgb: np.ndarray, cell: int = 128) -> bytes:
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
 
-
-def collapse_threshold(embed_dim: int, fraction: float) -> float:
-    """``fraction`` of ``1/sqrt(D)``, the per-dimension std of features spread over the sphere."""
-    return fraction / math.sqrt(embed_dim)

@@ -1,0 +1,84 @@
+"""Object storage: one config for S3 (AWS, MinIO, Ceph, the local test server) and local disk.
+
+Every client any job uses is built here, from one ``ObjectStoreConfig``: pyarrow's filesystem
+(manifest tables, shards, checkpoints, Ray Data reads), boto3 (listings with ETags, uploads) and s3fs
+(the zarr volume store). Each builder is the only place that translates the config for its client,
+so settings every client must share (credentials, endpoint, region, any retry policy) are
+written in this module and nowhere else.
+
+It lives in ``datastore`` rather than in the ingest job because every job uses it: ingest, training
+(data and checkpoints), registration and the local services.
+
+Credentials follow the standard AWS chain (environment, profile, instance role) unless the config
+names keys; ``endpoint_url`` points the same code at any S3-compatible server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from braindino.config import SECRET
+
+
+@dataclass(frozen=True)
+class ObjectStoreConfig:
+    endpoint_url: str | None = None  # None: AWS itself
+    region: str = "us-east-1"
+    access_key: str | None = field(default=None, metadata=SECRET, repr=False)  # None: the standard credential chain
+    secret_key: str | None = field(default=None, metadata=SECRET, repr=False)
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.access_key and self.secret_key)
+
+    def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """``s3://bucket/key`` or a local path -> (pyarrow filesystem, path within it)."""
+        if uri.startswith("s3://"):
+            return self.s3_filesystem(), uri.removeprefix("s3://").rstrip("/")
+        if "://" in uri and not uri.startswith("file://"):
+            raise ValueError(f"unsupported storage URI {uri!r}: use s3://bucket/prefix or a local path")
+        return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
+
+    def s3_filesystem(self) -> pafs.S3FileSystem:
+        """pyarrow's S3 client."""
+        options: dict[str, Any] = {"region": self.region}
+        if self.endpoint_url:
+            parsed = urlparse(self.endpoint_url)
+            options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+        if self.has_keys:
+            options.update(access_key=self.access_key, secret_key=self.secret_key)
+        return pafs.S3FileSystem(**options)
+
+    def boto3_client(self):
+        """boto3's S3 client."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+
+    def fsspec_filesystem(self, asynchronous: bool = False):
+        """s3fs's filesystem, built through fsspec's registry as zarr's own ``from_url`` does (a bare
+        ``s3fs.S3FileSystem`` left its aiohttp session unclosed at exit); zarr needs the ``asynchronous`` form."""
+        import fsspec
+
+        options: dict[str, Any] = {"client_kwargs": {"region_name": self.region}, "asynchronous": asynchronous}
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        if self.has_keys:
+            options.update(key=self.access_key, secret=self.secret_key)
+        return fsspec.filesystem("s3", **options)
+
+    def zarr_store(self, uri: str, read_only: bool = False):
+        """A zarr store rooted at ``uri`` (``s3://bucket/prefix`` through s3fs, or a local folder)."""
+        import zarr
+
+        if uri.startswith("s3://"):
+            return zarr.storage.FsspecStore(self.fsspec_filesystem(asynchronous=True), read_only=read_only,
+                                            path=uri.removeprefix("s3://").rstrip("/"))
+        _, path = self.resolve(uri)
+        return zarr.storage.LocalStore(path, read_only=read_only)

@@ -1,0 +1,54 @@
+"""What one ingest run did: the summary it prints, the metrics it logs and its quarantine list."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class IngestReport:
+    """What one run did; ``committed`` is False when there was nothing new (nothing was written)."""
+
+    run_id: str
+    manifest_version: int
+    committed: bool
+    scans_seen: int
+    scans_ok: int = 0
+    quarantined: list[dict[str, str]] = field(default_factory=list)  # dataset, source_key, reason, detail
+    slices: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    shards: list[str] = field(default_factory=list)
+    qc: dict[str, str] = field(default_factory=dict)  # dataset -> montage PNG path
+
+    @property
+    def scans_processed(self) -> int:
+        return self.scans_ok + len(self.quarantined)
+
+    @property
+    def scans_per_second(self) -> float:
+        return self.scans_processed / self.seconds if self.seconds else 0.0
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(q["reason"] for q in self.quarantined).items()))
+
+    def metrics(self) -> dict[str, float]:
+        return {"scans_ok": self.scans_ok, "scans_quarantined": len(self.quarantined), "slices": self.slices,
+                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written, "scans_per_s": self.scans_per_second,
+                "seconds": self.seconds}
+
+    def summary(self) -> str:
+        lines = [f"ingest run {self.run_id}: {self.scans_seen} scans listed, {self.scans_processed} new or changed"]
+        if not self.committed:
+            lines.append(f"  nothing new: manifest stays at v{self.manifest_version}, nothing written")
+            return "\n".join(lines)
+        reasons = ", ".join(f"{r}: {n}" for r, n in self.by_reason().items()) or "none"
+        lines += [
+            f"  scans ok {self.scans_ok}; quarantined {len(self.quarantined)} ({reasons})",
+            f"  slices {self.slices} in {len(self.shards)} shards; read {self.bytes_read / 2**20:.1f} MiB, "
+            f"wrote {self.bytes_written / 2**20:.1f} MiB",
+            f"  {self.seconds:.1f} s, {self.scans_per_second:.2f} scans/s; manifest v{self.manifest_version}",
+        ]
+        return "\n".join(lines)

@@ -1,1 +1,0 @@
-"""Writers for ingest outputs: zarr volumes and WebDataset shards."""
