@@ -8,7 +8,7 @@ QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-data.txt | cksum | cut -d' ' -f1)
 
 # Real tumour cases that only the pyradiomics 3.0.1 sdist ships (its data/ folder): fetched once with pip at
-# install time (never at test time) into the venv, where braindino/catalogue.py finds them.
+# install time (never at test time) into the venv, where infra/local/catalogue.py finds them.
 BUNDLED := $(VENV)/share/braindino-data
 PYRADIOMICS_SDIST := pyradiomics==3.0.1
 PYRADIOMICS_FILES := brain1_image.nrrd brain1_label.nrrd brain2_image.nrrd brain2_label.nrrd
@@ -30,12 +30,15 @@ $(BUNDLED)/pyradiomics/.complete: | $(STAMP)
 	tar -xzf "$$tmp"/pyradiomics-*.tar.gz -C "$$tmp" $(addprefix pyradiomics-3.0.1/data/,$(PYRADIOMICS_FILES)) && \
 	mkdir -p $(@D) && mv $(addprefix "$$tmp"/pyradiomics-3.0.1/data/,$(PYRADIOMICS_FILES)) $(@D)/ && touch $@
 
-# Optional real MRI from Debian (Colin27 + AAL). Tests that need it skip when it is absent.
+# Debian packages the tests use, installed when run as root: mricron-data (real MRI: Colin27 + AAL; its
+# tests skip when absent) and postgresql (the server binaries behind the team MLflow server's tests).
 debian-data:
-	@if [ -d /usr/share/mricron/templates ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq mricron-data >/dev/null) \
-	  || echo "note: could not install Debian's mricron-data; Colin27 will be skipped"; \
-	else echo "note: not root, skipping Debian's mricron-data (Colin27); its tests will skip"; fi
+	@missing=""; [ -d /usr/share/mricron/templates ] || missing=" mricron-data"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) \
+	  || echo "note: could not install Debian's$$missing; the tests that need it skip or fail"; \
+	else echo "note: not root, skipping Debian's$$missing; the tests that need it skip"; fi
 
 demo: install debian-data
 	$(VENV)/bin/braindino demo --config configs/demo.yaml

@@ -10,7 +10,8 @@ from pathlib import Path
 from braindino.config import load_config
 from infra.local.bundled import missing_entries, upload_bundled
 from infra.local.derived import upload_tissue_labels
-from infra.local.services import LocalStack, create_bucket, local_ray_head, local_stack
+from infra.local.ray_nodes import local_ray_head
+from infra.local.services import LocalStack, create_bucket, local_stack
 from pipelines.ingestion import IngestConfig
 from pipelines.jobs import run_job, submit_job
 from serving.auth import TOKEN_ENV

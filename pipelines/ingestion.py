@@ -9,6 +9,7 @@ Each run is incremental (the manifest is the ledger) and is logged to MLflow as 
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,11 +17,13 @@ from pathlib import Path
 from braindino.config import flatten, to_dict
 from datastore.upgrade import upgrade_manifest
 from ingest.job import FaultHook, run_ingest
+from ingest.lease import LeaseHeld, checking, hold_lease
 from ingest.planning import locate_scan, preview_ingest
 from ingest.report import IngestReport
 from ingest.settings import INGEST_VERSION, IngestSettings
 from ingest.spec import DatasetSpec, load_spec, spec_paths
 from pipelines.jobs import connect_ray, job_parser, load_job_config
+from pipelines.shared_storage import require_shared_storage
 from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
 
 
@@ -37,7 +40,9 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
     """Run one incremental ingest of ``config.datasets``, print its summary and log it to MLflow."""
     specs = load_specs(config.datasets)
     connect_ray(config.ray_cpus)
-    report = run_ingest(specs, config.ingest, fault_hook)
+    require_shared_storage({"ingest.output": config.ingest.output, **{f"{s.name}.source": s.source for s in specs}})
+    with hold_lease(config.ingest.output, config.ingest.storage, owner="braindino ingest") as lease:
+        report = run_ingest(specs, config.ingest, checking(lease, fault_hook))
     print(report.summary())
     for item in report.quarantined:
         print(f"  quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
@@ -117,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print(preview_ingest(load_specs(chosen), config.ingest).summary())
         return
-    ingest(replace(config, datasets=chosen))
+    try:
+        ingest(replace(config, datasets=chosen))
+    except LeaseHeld as err:
+        sys.exit(f"ingest refused: {err}")
 
 
 if __name__ == "__main__":

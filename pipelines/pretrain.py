@@ -17,6 +17,7 @@ from pathlib import Path
 
 from braindino.config import flatten, to_dict
 from pipelines.jobs import connect_ray, job_parser, load_job_config, submit_job
+from pipelines.shared_storage import require_shared_storage
 from pipelines.tracking import provenance_tags, use_experiment
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index
@@ -61,7 +62,7 @@ def fit_stage(config: PretrainConfig, stage: str, index: ShardIndex, plan: Stage
         lambda loop_config: train_stage(loop_config["plan"]),
         train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources, placement_strategy=workers.placement_strategy),
         run_config=RunConfig(
             name=f"{config.name}-{stage}", storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=config.checkpoint.max_failures),
@@ -143,6 +144,7 @@ def run(config: PretrainConfig) -> PretrainResult:
 
     logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
     connect_ray()
+    require_shared_storage({"data.manifest": config.data.manifest, "checkpoint.storage_path": config.checkpoint.storage_path})
     data = data_resources(config)
     index = shard_index(config.data.manifest, config.data.store)
     log.info("data: %s", describe(index))

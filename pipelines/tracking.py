@@ -13,7 +13,11 @@ DEFAULT_ROOT = Path(".local")
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Where a job logs. Empty values fall back to $MLFLOW_TRACKING_URI, then a sqlite file under .local/."""
+    """Where a job logs. Empty values fall back to $MLFLOW_TRACKING_URI, then a sqlite file under .local/.
+
+    Against a tracking server (an http(s) URI) with no artifact root set, the server places artifacts
+    (a team server serves them from its own store, so jobs need no bucket credentials for them).
+    """
 
     tracking_uri: str = ""
     experiment: str = "braindino"
@@ -22,8 +26,11 @@ class TrackingConfig:
     def resolved_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(DEFAULT_ROOT / 'mlflow.db').resolve()}"
 
-    def resolved_artifact_root(self) -> str:
-        return self.artifact_root or os.environ.get("BRAINDINO_ARTIFACT_ROOT") or (DEFAULT_ROOT / "artifacts").resolve().as_uri()
+    def resolved_artifact_root(self) -> str | None:
+        explicit = self.artifact_root or os.environ.get("BRAINDINO_ARTIFACT_ROOT")
+        if explicit or self.resolved_uri().startswith(("http://", "https://")):
+            return explicit or None
+        return (DEFAULT_ROOT / "artifacts").resolve().as_uri()
 
 
 def use_experiment(config: TrackingConfig) -> str:
@@ -38,7 +45,8 @@ def use_experiment(config: TrackingConfig) -> str:
     if existing is not None:
         experiment_id = existing.experiment_id
     else:
-        location = f"{config.resolved_artifact_root().rstrip('/')}/{config.experiment}"
+        root = config.resolved_artifact_root()
+        location = f"{root.rstrip('/')}/{config.experiment}" if root else None
         experiment_id = mlflow.create_experiment(config.experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

@@ -1,4 +1,4 @@
-"""Session-wide real services: S3 on loopback, one local Ray, MLflow on a sqlite file.
+"""Session-wide real services: S3 on loopback, one local Ray, MLflow on a sqlite file or the team server.
 
 Started once per test session (each Ray start costs seconds) and shared by every layer's tests.
 """
@@ -67,6 +67,24 @@ def mlflow_local(tmp_path) -> LocalMlflow:
     mlflow.set_tracking_uri(local.tracking_uri)
     yield local
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def team_mlflow(object_store):
+    """The team MLflow server of infra/k8s/mlflow.yaml on loopback, started from that manifest: runs and the
+    registry in a local PostgreSQL, artifacts in the local S3 served through the server. Started once, by the
+    first test that asks (about 20 s)."""
+    from infra.local.postgres import server_binaries
+    from infra.local.team_mlflow import team_mlflow as start
+
+    try:
+        server_binaries()
+    except FileNotFoundError as err:
+        if os.geteuid() == 0:
+            raise  # `make test` installs them as root: missing here is a failure
+        pytest.skip(str(err))
+    with start(object_store) as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """The local services that the demo and the tests run on: S3 on loopback (optionally behind a
-fault-injecting proxy), a Ray head, MLflow on sqlite.
+fault-injecting proxy) and MLflow on sqlite.
 
-Each is real (moto's S3 server, Ray itself, MLflow's own sqlite store), bound to 127.0.0.1, and
-started and stopped by the project. ``local_stack`` brings up what a caller asks for and tears it
+Each is real (moto's S3 server, MLflow's own sqlite store), bound to 127.0.0.1, and started and
+stopped by the project (Ray nodes: ``infra.local.ray_nodes``; the team MLflow server:
+``infra.local.team_mlflow``). ``local_stack`` brings up what a caller asks for and tears it
 down in reverse order.
 """
 
@@ -11,13 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import signal
 import socket
-import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -95,78 +90,10 @@ class LocalMlflow:
         )
 
 
-class LocalRayHead:
-    """A ``ray start --head`` on loopback with every port free, the target of ``ray job submit``.
-
-    Token auth is disabled on this loopback-only head so the job client needs no token. ``stop`` ends
-    only this head's processes (those naming its GCS port or its session directory), never ``ray
-    stop``, which would end every Ray on the machine.
-    """
-
-    PORT_FLAGS = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                  "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")
-
-    def __init__(self, num_cpus: int = 4, object_store_mb: int = 512):
-        self.num_cpus = num_cpus
-        self.object_store_mb = object_store_mb
-        self.port = free_port()
-        self.dashboard_port = free_port()
-
-    @property
-    def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def start(self) -> str:
-        self._ray(
-            "start", "--head", f"--num-cpus={self.num_cpus}", "--node-ip-address=127.0.0.1", f"--port={self.port}",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--object-store-memory={self.object_store_mb * 2**20}", "--disable-usage-stats",
-            *(f"--{flag}={free_port()}" for flag in self.PORT_FLAGS),
-        )
-        return self.dashboard_url
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL, every process of this head."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self._pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            time.sleep(3)
-
-    def _pids(self) -> list[int]:
-        cmdlines = {}
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit() and int(proc.name) != os.getpid():
-                with contextlib.suppress(OSError):
-                    cmdlines[int(proc.name)] = (proc / "cmdline").read_bytes()
-        port = re.compile(rb"[:=]%d(\x00|$)" % self.port)
-        ours = {pid for pid, cmd in cmdlines.items() if port.search(cmd)}
-        sessions = {m.group(0) for pid in ours for m in re.finditer(rb"/tmp/ray/session_[\w.-]+", cmdlines[pid])}
-        sessions.discard(b"/tmp/ray/session_latest")
-        ours |= {pid for pid, cmd in cmdlines.items() if any(session in cmd for session in sessions)}
-        return sorted(ours)
-
-    def _ray(self, *args: str) -> None:
-        ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_raylet_start_wait_time_s": "120"}
-        env.pop("RAY_ADDRESS", None)
-        subprocess.run([ray, *args], check=True, env=env, stdout=subprocess.DEVNULL)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def local_ray_head(num_cpus: int = 4) -> Iterator[str]:
-    """A Ray head for ``ray job submit`` while the block runs; yields its dashboard (job API) URL."""
-    head = LocalRayHead(num_cpus=num_cpus)
-    try:
-        yield head.start()
-    finally:
-        head.stop()
 
 
 @dataclass

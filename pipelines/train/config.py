@@ -91,6 +91,7 @@ class WorkersConfig:
     num_workers: int = 1
     use_gpu: bool = True
     cpus_per_worker: float = 8.0
+    placement_strategy: str = "PACK"  # Ray Train's: PACK fills nodes in turn; SPREAD one worker per node if it can
 
 
 @dataclass

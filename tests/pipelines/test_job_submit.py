@@ -18,7 +18,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from infra.local.services import create_bucket, local_ray_head
+from infra.local.ray_nodes import local_ray_head
+from infra.local.services import create_bucket
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
