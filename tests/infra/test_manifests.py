@@ -30,7 +30,9 @@ FREE_FORM = {"labels", "annotations", "nodeSelector", "clusterSelector", "matchL
 def test_every_kind_the_platform_needs_is_there():
     kinds = {(doc.body["apiVersion"], doc.kind) for doc in DOCUMENTS}
     assert {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("batch/v1", "CronJob"), ("apps/v1", "Deployment"),
-            ("v1", "Service"), ("ray.io/v1", "RayCronJob")} <= kinds
+            ("v1", "Service"), ("ray.io/v1", "RayCronJob"), ("ray.io/v1", "RayService")} <= kinds
+    jobs = {script for doc in DOCUMENTS if doc.kind == "RayJob" for script, _ in references.job_invocations(doc.body)}
+    assert jobs == {"pipelines/pretrain.py", "pipelines/evaluate.py"}
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=str)
@@ -187,7 +189,7 @@ def test_an_unknown_ray_start_option_or_entrypoint_file_is_caught():
     found = _planted(cluster, lambda body: body["spec"]["headGroupSpec"]["rayStartParams"].update(
         {"num-gpu": "1"}))
     assert any("`ray start` has no option --num-gpu" in line for line in found)
-    job = next(doc for doc in DOCUMENTS if doc.kind == "RayJob")
+    job = next(doc for doc in DOCUMENTS if doc.kind == "RayJob" and "pretrain/" in doc.body["spec"]["entrypoint"])
     found = _planted(job, lambda body: body["spec"].update(
         entrypoint=body["spec"]["entrypoint"].replace("pretrain/", "pretrian/")))
     assert any("pretrian" in line and "not a file in the repository" in line for line in found)

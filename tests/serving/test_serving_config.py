@@ -41,6 +41,16 @@ def test_the_serve_config_is_what_serve_build_writes(file, import_path, name, ro
     assert kept == built, f"configs/serve/{file} differs from `serve build {import_path}`: rebuild it"
 
 
+def test_the_rayservice_embeds_what_serve_build_writes(tmp_path):
+    """infra/k8s/rayservice.yaml's serveConfigV2 holds the GPU application exactly as ``serve build`` writes it."""
+    service = yaml.safe_load((CONFIGS.parents[1] / "infra" / "k8s" / "rayservice.yaml").read_text())
+    (embedded,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    (built,) = serve_build("serving.app:gpu_app", tmp_path / "built.yaml")["applications"]
+    assert embedded.pop("name") == "braindino"
+    built.pop("name")
+    assert embedded == built, "infra/k8s/rayservice.yaml's serveConfigV2 differs from `serve build serving.app:gpu_app`"
+
+
 @pytest.mark.parametrize("file", ["braindino.yaml", "braindino-gpu.yaml"])
 def test_batches_can_fill_and_gpus_are_whole(file):
     deployments = {d["name"]: d for d in yaml.safe_load((CONFIGS / file).read_text())["applications"][0]["deployments"]}
