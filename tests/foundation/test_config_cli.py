@@ -75,3 +75,16 @@ def test_print_config_gives_yaml_that_loads_back_with_the_credentials_redacted(t
     assert replace(loaded, data=replace(loaded.data, store=expected.data.store)) == expected
     assert loaded.model.vit.embed_dim == 384
     assert "s3cr3t-value" not in repr(expected) and "AKIA-TEST" not in repr(expected)  # nor in logs and tracebacks
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "configs" / "pretrain").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_pretraining_config_loads_with_two_stages(path):
+    """A shipped config that the typed tree no longer accepts fails here, not hours into a cluster job."""
+    from pipelines.train.config import PretrainConfig
+
+    config = load_config(PretrainConfig, path)
+    assert config.stage1.iterations > 0 and config.stage2.iterations > 0
+    assert config.name == path.stem
