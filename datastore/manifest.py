@@ -124,6 +124,10 @@ class ManifestLayoutError(ValueError):
     """A commit written by another manifest layout than this code reads."""
 
 
+class ManifestMissing(FileNotFoundError):
+    """An output root with no committed manifest where a job needs one."""
+
+
 @dataclass(frozen=True)
 class Commit:
     """``manifest/vNNNNNN.json``: the run whose tables are current, the datasets' licences and the

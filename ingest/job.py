@@ -21,7 +21,8 @@ import secrets
 import time
 from collections import defaultdict
 from dataclasses import replace
-from typing import Any, Callable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import pyarrow as pa
@@ -43,16 +44,19 @@ from ingest.sources import read_payload
 from ingest.spec import DatasetSpec
 
 FaultHook = Callable[[str], None]
+# progress(label, total, unit) -> a context manager yielding advance(count); how a driver shows the scans go by
+Progress = Callable[[str, int, str], ContextManager[Callable[[int], None]]]
 SLICE_COLUMNS = [("images", pa.binary()), ("z", pa.list_(pa.int32())), ("foreground", pa.list_(pa.float64()))]
 SAMPLE_COLUMNS = ("volume_id", "scan_id", "dataset", "subject", "session", "sequence", "spacing")
 WRITTEN_SCHEMA = SLICES_SCHEMA.append(pa.field("bytes", pa.int64()))  # a slice row and the size of its shard
 
 
-def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: FaultHook | None = None) -> IngestReport:
+def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: FaultHook | None = None,
+               progress: Progress | None = None) -> IngestReport:
     """Ingest what is new or changed in ``specs`` into ``settings.output`` (Ray must be initialised).
 
     ``fault_hook(stage)`` is called at ``"before_commit"``, after every data file is written; tests
-    raise there to simulate a job killed before its commit.
+    raise there to simulate a job killed before its commit. ``progress`` is told of each processed scan.
     """
     started = time.monotonic()
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -68,7 +72,7 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
         report.seconds = time.monotonic() - started
         return report
 
-    scan_rows, slices, shard_bytes, skip = process_tasks(tasks, previous, specs, settings, run_id)
+    scan_rows, slices, shard_bytes, skip = process_tasks(tasks, previous, specs, settings, run_id, progress)
     scans, all_slices = next_tables(previous, scan_rows, slices)
     tables = store.write_tables(run_id, {"scans": scans, "slices": all_slices, "labels": labels})
     if fault_hook:
@@ -91,7 +95,7 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
 
 
 def process_tasks(tasks: list[ScanTask], previous: Manifest, specs: list[DatasetSpec], settings: IngestSettings,
-                  run_id: str) -> tuple[list[ScanRow], pa.Table, dict[str, int], set[str]]:
+                  run_id: str, progress: Progress | None = None) -> tuple[list[ScanRow], pa.Table, dict[str, int], set[str]]:
     """Process every task on Ray Data and write the new slices' shards.
 
     Returns the scan rows, the new ``slices`` rows, each written shard's size, and the volume ids whose
@@ -100,13 +104,18 @@ def process_tasks(tasks: list[ScanTask], previous: Manifest, specs: list[Dataset
     if not tasks:
         return [], SLICES_SCHEMA.empty_table(), {}, set()
     prepare_root(settings.output, settings.storage, sorted({task.dataset for task in tasks}))
-    processed = (
+    processing = (
         ray.data.from_items([task.as_row() for task in tasks], override_num_blocks=len(tasks))
         .map_batches(process_units, batch_size=1, batch_format="pyarrow",
                      fn_kwargs={"settings": settings, "specs": {s.name: s for s in specs}, "run_id": run_id},
                      compute=TaskPoolStrategy(size=settings.concurrency))
-        .materialize()
     )
+    blocks = []
+    with (progress or (lambda *_: nullcontext(lambda count: None)))("scans", len(tasks), "scans") as advance:
+        for bundle in processing.iter_internal_ref_bundles():  # materialised block by block, as scans finish
+            blocks += bundle.block_refs
+            advance(bundle.num_rows() or 0)
+    processed = ray.data.from_arrow_refs(blocks)
     scan_rows = ScanRow.rows(collect(processed.select_columns(SCANS_SCHEMA.names), SCANS_SCHEMA))
     skip = unchanged_content(previous, scan_rows)
     has_slices = any(r.slices_kept for r in scan_rows if r.volume_id not in skip)

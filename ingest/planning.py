@@ -104,11 +104,15 @@ def locate_scan(specs: list[DatasetSpec], storage: ObjectStoreConfig, scan_id: s
             if pseudonym(f"scan:{spec.name}/{unit.key}") == scan_id]
 
 
+class PreprocessMismatch(ValueError):
+    """A run whose preprocessing spec differs from the one its output root was built with."""
+
+
 def checked_preprocess(previous: Manifest, settings: IngestSettings) -> dict[str, Any]:
     """The run's preprocessing spec as JSON data; refuses one that differs from what ``previous`` records."""
     preprocess = json.loads(settings.preprocess.to_json())
     if previous.version and previous.preprocess != preprocess:
-        raise ValueError(
+        raise PreprocessMismatch(
             f"{settings.output} holds slices made with preprocess {previous.preprocess} (manifest v{previous.version}); "
             f"this run asks for {preprocess}. Set ingest.preprocess to match, or ingest into a new output root"
         )

@@ -12,6 +12,10 @@ import numpy as np
 
 from ingest.readers.scan import RawScan, ScanRejected
 
+# |det| of the voxel axes relative to the product of their lengths: 1 for orthogonal axes, 0 when they are
+# linearly dependent (a zero column, or two parallel axes).
+SINGULAR_DETERMINANT = 1e-6
+
 
 @dataclass(frozen=True)
 class ValidationLimits:
@@ -51,6 +55,13 @@ def check_affine(key: str, affine: np.ndarray, limits: ValidationLimits) -> None
         raise ScanRejected(key, "bad_affine", f"{key} has a non-finite or malformed affine; its geometry is unusable")
     axes = affine[:3, :3]
     spacing = np.sqrt((axes**2).sum(axis=0))
+    if np.any(spacing == 0) or abs(np.linalg.det(axes)) <= SINGULAR_DETERMINANT * float(np.prod(spacing)):
+        raise ScanRejected(
+            key, "singular_affine",
+            f"{key} has a singular affine (axis lengths {np.round(spacing, 4).tolist()} mm, determinant "
+            f"{np.linalg.det(axes):.3g}): its voxel axes do not span 3D space; the header's qform/sform is "
+            "unset or broken, re-export the scan with its geometry",
+        )
     if np.any(spacing < limits.min_spacing_mm) or np.any(spacing > limits.max_spacing_mm):
         raise ScanRejected(
             key, "implausible_spacing",

@@ -1,10 +1,13 @@
-"""``braindino``: one entry point whose subcommands are the platform's jobs."""
+"""The ``braindino`` command: one entry point whose subcommands are the platform's jobs."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
+
+from pipelines.failures import entry
 
 # name -> ("module" with main(argv), or "module:function", one-line summary). Modules load only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -20,6 +23,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXAMPLES = """examples:
+  braindino demo --config configs/demo.yaml
+  braindino ingest --config configs/ingest.yaml --dataset configs/datasets/icbm152.yaml
+  braindino pretrain --config configs/pretrain/tiny-cpu.yaml --verbose"""
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("braindino")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
@@ -27,13 +43,15 @@ def main(argv: list[str] | None = None) -> None:
         description="Build, track and serve the BrainDINO brain-MRI foundation model.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items())
-        + "\n\nRun 'braindino COMMAND --help' for a command's options.",
+        + f"\n\n{EXAMPLES}\n\nRun 'braindino COMMAND --help' for a command's options and examples; every job "
+        "takes --verbose to show Ray and MLflow output live (it always goes to the log file named in the summary).",
     )
+    parser.add_argument("--version", action="version", version=f"braindino {version()}")
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    parsed = parser.parse_args(argv[:1] if argv and argv[0] not in ("-h", "--help") else argv)
+    parsed = parser.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
     module, _, function = COMMANDS[parsed.command][0].partition(":")
-    getattr(importlib.import_module(module), function or "main")(argv[1:])
+    entry(getattr(importlib.import_module(module), function or "main"), argv[1:])
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from infra.local.derived import upload_tissue_labels
 from infra.local.ray_nodes import local_ray_head
 from infra.local.services import LocalStack, create_bucket, local_stack
 from pipelines.ingestion import IngestConfig
+from pipelines.console import console
+from pipelines.failures import entry
 from pipelines.jobs import run_job, submit_job
 from serving.auth import TOKEN_ENV
 
@@ -38,27 +40,35 @@ class DemoConfig:
     serve_scan: str = "icbm2009c_t1"
 
 
+def say(text: str) -> None:
+    console().say(text)
+
+
 def run(config: DemoConfig) -> None:
+    console().intro("the whole platform end to end on local services and bundled real MRI", {
+        "workdir": config.workdir.resolve(), "datasets": ", ".join(config.datasets),
+        "stages": "ingest, pretrain, evaluate, serve (each a Ray job on a local head)"})
     for item in missing_entries(config.datasets):
-        print(f"[demo] skipping {item.name}: its source is not installed ({item.install_hint})")
+        console().warn(f"skipping {item.name}: its source is not installed ({item.install_hint})")
     os.environ.setdefault("BRAINDINO_ENV", "dev")  # the public dev pseudonym key unless a real one is set
     os.environ.setdefault(TOKEN_ENV, secrets.token_urlsafe(24))  # the service's API token; the Ray head inherits it
     with local_stack(config.workdir) as stack:  # the stack puts its S3 keys in the environment
-        print(f"[demo] S3 on {stack.store.endpoint_url}; MLflow at {stack.mlflow.tracking_uri}")
+        say(f"[demo] S3 on {stack.store.endpoint_url}; MLflow at {stack.mlflow.tracking_uri}")
         create_bucket(stack.store, config.bucket)
         uploaded = upload_bundled(stack.store, config.bucket, config.datasets)
         if "tissue" in uploaded:
             uploaded["tissue"] += upload_tissue_labels(stack.store, config.bucket, "tissue")
-        print(f"[demo] uploaded bundled real MRI to s3://{config.bucket}/raw/")
+        say(f"[demo] uploaded bundled real MRI to s3://{config.bucket}/raw/")
         for dataset, keys in uploaded.items():
-            print(f"  {dataset}: {len(keys)} objects")
+            say(f"  {dataset}: {len(keys)} objects")
         with local_ray_head() as address:  # a cluster as on Kubernetes: it inherits the environment above
-            print(f"[demo] Ray head: dashboard and job API at {address}")
+            say(f"[demo] Ray head: dashboard and job API at {address}")
             run_ingest_stage(config, stack, address)
             run_pretrain_stage(config, stack, address)
             run_evaluate_stage(config, stack, address)
             run_serve_stage(config, stack, address)
-        print(f"[demo] MLflow UI: {stack.mlflow.ui_command()}")
+        console().summary({"MLflow UI": stack.mlflow.ui_command(), "ingest output": (config.workdir / "ingest").resolve(),
+                           "evaluation output": (config.workdir / "evaluate").resolve()})
 
 
 def tracking_overrides(stack: LocalStack) -> list[str]:
@@ -69,7 +79,7 @@ def run_ingest_stage(config: DemoConfig, stack: LocalStack, address: str) -> Non
     """``ray job submit`` the ingest of the uploaded scans into ``workdir/ingest``; the job prints the summary."""
     output = (config.workdir / "ingest").resolve()
     datasets_dir = load_config(IngestConfig, config.ingest_config).datasets_dir
-    print(f"[demo] ingesting s3://{config.bucket}/raw/ into {output}")
+    say(f"[demo] ingesting s3://{config.bucket}/raw/ into {output}")
     submit_job(address, "ingestion.py", [
         "--config", str(config.ingest_config),
         *(item for name in config.datasets for item in ("--dataset", f"{datasets_dir}/{name}.yaml")),
@@ -88,15 +98,15 @@ def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
     from pipelines.registry import DIGEST_TAG, ENCODER_MODEL
 
     name = time.strftime("demo-%Y%m%d-%H%M%S")
-    print(f"[demo] pretraining {config.pretrain_config}")
+    say(f"[demo] pretraining {config.pretrain_config}")
     run_id = submit(address, config.pretrain_config, [
         f"data.manifest={(config.workdir / 'ingest').resolve()}", *tracking_overrides(stack),
         f"checkpoint.storage_path={(config.workdir / 'ray_results').resolve()}",
     ], stack.mlflow.tracking_uri, name)
-    print(f"[demo] pretraining run {name}: open http://127.0.0.1:5000 -> experiment braindino-pretrain -> run {run_id}")
-    print("[demo]   metrics (loss terms, lr, feature std, images/s, knn_probe_accuracy), artifacts pca/*.png")
+    say(f"[demo] pretraining run {name}: open http://127.0.0.1:5000 -> experiment braindino-pretrain -> run {run_id}")
+    say("[demo]   metrics (loss terms, lr, feature std, images/s, knn_probe_accuracy), artifacts pca/*.png")
     version = MlflowClient(stack.mlflow.tracking_uri).get_model_version_by_alias(ENCODER_MODEL, "candidate")
-    print(f"[demo] encoder registered as models:/{ENCODER_MODEL}@candidate (version {version.version}, commit "
+    say(f"[demo] encoder registered as models:/{ENCODER_MODEL}@candidate (version {version.version}, commit "
           f"{version.tags['git.commit']}, dirty {version.tags['git.dirty']}, weights sha256 {version.tags[DIGEST_TAG]}); "
           "promote with 'braindino register promote --version N'")
 
@@ -104,15 +114,15 @@ def run_pretrain_stage(config: DemoConfig, stack: LocalStack, address: str) -> N
 def run_evaluate_stage(config: DemoConfig, stack: LocalStack, address: str) -> None:
     """``ray job submit`` the bundled suite: the encoder just registered against a random init of its size."""
     output = (config.workdir / "evaluate").resolve()
-    print(f"[demo] evaluating models:/braindino-encoder@candidate with {config.evaluate_config}")
+    say(f"[demo] evaluating models:/braindino-encoder@candidate with {config.evaluate_config}")
     submit_job(address, "evaluate.py", [
         "--config", str(config.evaluate_config), "--set", f"manifest={(config.workdir / 'ingest').resolve()}",
         "--set", f"storage.endpoint_url={stack.store.endpoint_url}", "--set", f"output={output}",
         "--set", f"features.cache={output / 'features'}",
         *(item for override in tracking_overrides(stack) for item in ("--set", override)),
     ])
-    print("[demo] evaluation: experiment braindino-evaluate -> results.md, tasks/*/curves.png, projections, overlays;")
-    print("[demo]   heads registered as models:/braindino-head-TASK@candidate (bundled-sequence, bundled-tissue, ...)")
+    say("[demo] evaluation: experiment braindino-evaluate -> results.md, tasks/*/curves.png, projections, overlays;")
+    say("[demo]   heads registered as models:/braindino-head-TASK@candidate (bundled-sequence, bundled-tissue, ...)")
 
 
 def candidate_heads(tracking_uri: str) -> list[str]:
@@ -166,14 +176,14 @@ def run_serve_stage(config: DemoConfig, stack: LocalStack, address: str) -> None
     tasks = candidate_heads(stack.mlflow.tracking_uri)
     target = (config.workdir / "serve.yaml").resolve()
     target.write_text(yaml.safe_dump(demo_serve_config(config, stack, port, tasks), sort_keys=False))
-    print(f"[demo] serve deploy {target}: {config.serve_config} with models:/braindino-encoder@candidate and the "
+    say(f"[demo] serve deploy {target}: {config.serve_config} with models:/braindino-encoder@candidate and the "
           f"heads of {tasks or 'no task'} (from {config.head_config})")
     subprocess.run([serve_cli, "deploy", str(target), "--address", address], check=True, env=cli_env)
     try:
         query_service(config, f"http://127.0.0.1:{port}")
     finally:
         subprocess.run([serve_cli, "shutdown", "-y", "--address", address], check=False, env=cli_env)
-        print("[demo] service shut down")
+        say("[demo] service shut down")
 
 
 def settled_heads(client, timeout_s: float = 180.0) -> list[dict]:
@@ -198,22 +208,28 @@ def query_service(config: DemoConfig, url: str) -> None:
     scan = entry(config.serve_scan).path
     answer = client.embed(scan, per_slice=True)
     encoder = answer["encoder"]
-    print(f"[demo] POST {url}/v1/embed {scan.name}: embedding of {answer['dim']} values from "
+    say(f"[demo] POST {url}/v1/embed {scan.name}: embedding of {answer['dim']} values from "
           f"{answer['input']['slices']} slices of the {answer['input']['format']} volume "
           f"{answer['input']['canonical_shape']}; {encoder['name']} version {encoder['version']} "
           f"(weights sha256 {encoder['weights_sha256'][:16]}...)")
     for head in settled_heads(client):
         if head["status"] != "RUNNING":
-            print(f"[demo] head {head['task']}: {head['status']} {head.get('message', '')}")
+            say(f"[demo] head {head['task']}: {head['status']} {head.get('message', '')}")
         elif head["kind"] == "segmentation":
             labels, models = client.segment(scan, head["task"])
             path = config.workdir / f"{head['task']}-labels.nii.gz"
             path.write_bytes(labels)
-            print(f"[demo] POST {url}/v1/segment/{head['task']}: labels {models['labels']} written to {path}")
+            say(f"[demo] POST {url}/v1/segment/{head['task']}: labels {models['labels']} written to {path}")
         else:
-            print(f"[demo] POST {url}/v1/predict/{head['task']}: {client.predict(scan, head['task'])['prediction']}")
-    print(f"[demo]   the same from a shell: {TOKEN_ENV}=... braindino embed|predict|segment SCAN --url {url}")
+            say(f"[demo] POST {url}/v1/predict/{head['task']}: {client.predict(scan, head['task'])['prediction']}")
+    say(f"[demo]   the same from a shell: {TOKEN_ENV}=... braindino embed|predict|segment SCAN --url {url}")
 
 
 def main(argv=None) -> None:
-    run_job("braindino demo", __doc__, DemoConfig, run, argv)
+    run_job("braindino demo", "Local services up, bundled real MRI into a bucket, then ingest, pretrain, evaluate "
+            "and serve in turn, each as a Ray job.", DemoConfig, run, argv,
+            "  braindino demo --config configs/demo.yaml\n  make demo")
+
+
+if __name__ == "__main__":
+    entry(main)

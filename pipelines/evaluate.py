@@ -12,7 +12,6 @@ figures and the numbers; the candidate's heads are registered as ``braindino-hea
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,13 @@ from pipelines.evaluation.heads import export_head, model_card, register_head
 from pipelines.evaluation.report import ResultRow, markdown_table, slug
 from pipelines.evaluation.runners import task_feature_spec
 from pipelines.evaluation.suite import TaskOutcome, evaluate_task
+from pipelines.console import console, open_console
+from pipelines.failures import UserFacingError, entry
 from pipelines.jobs import connect_ray, job_parser, load_job_config
 from pipelines.tracking import provenance_tags, use_experiment
 
-log = logging.getLogger("braindino.evaluate")
+EXAMPLES = """  braindino evaluate --config configs/evaluate/bundled.yaml --set encoder=models:/braindino-encoder@candidate
+  ray job submit --address http://HEAD:8265 --working-dir . -- python pipelines/evaluate.py --config FILE"""
 
 
 @dataclass
@@ -43,8 +45,13 @@ def run(config: EvaluateConfig) -> EvaluationResult:
     import torch
 
     if not config.tasks:
-        raise SystemExit("evaluate: name at least one task spec in tasks (e.g. --set 'tasks=[configs/tasks/X.yaml]')")
+        raise UserFacingError("evaluate: name at least one task spec in tasks (e.g. --set 'tasks=[configs/tasks/X.yaml]')")
     tasks = [(path, *load_task(path)) for path in config.tasks]
+    out = console()
+    out.intro(f"evaluate {config.encoder} on {len(tasks)} task{'s' if len(tasks) != 1 else ''}", {
+        "tasks": ", ".join(task.name for _, task, _ in tasks), "baselines": ", ".join(config.baselines) or "none",
+        "manifest": config.manifest, "output": config.output,
+        "MLflow": f"experiment {config.tracking.experiment!r} at {config.tracking.resolved_uri()}"})
     torch.set_num_threads(max(1, config.threads))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     connect_ray(config.ray_cpus)
@@ -52,8 +59,8 @@ def run(config: EvaluateConfig) -> EvaluationResult:
     with tempfile.TemporaryDirectory(prefix="braindino-evaluate-") as tmp:
         encoders = resolve_encoders(config.encoder, config.baselines, uri, Path(tmp) / "encoders")
         candidate = encoders[0].encoder
-        print(f"[evaluate] encoders: {', '.join(e.label for e in encoders)} (candidate weights {candidate.weights_sha256[:12]})",
-              flush=True)
+        out.say(f"[evaluate] encoders: {', '.join(e.label for e in encoders)} "
+                f"(candidate weights {candidate.weights_sha256[:12]})")
         use_experiment(config.tracking)
         artifacts = Path(tmp) / "artifacts"
         with mlflow.start_run(run_name=config.name) as active:
@@ -64,15 +71,17 @@ def run(config: EvaluateConfig) -> EvaluationResult:
             mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(config)).items()})
             result = EvaluationResult(run_id, [], {})
             for path, task, spec_digest in tasks:
-                outcome = evaluate_task(task, path, config, encoders, artifacts, device,
-                                        log=lambda line: print(line, flush=True))
+                outcome = evaluate_task(task, path, config, encoders, artifacts, device, log=out.say)
                 result.outcomes[task.name] = outcome
                 result.rows += outcome.rows
                 if config.register.enabled and encoders[0].label in outcome.reference:
                     result.heads[task.name] = register(outcome, encoders[0], spec_digest, config, artifacts, run_id, uri)
             log_results(result, artifacts)
-    print(f"[evaluate] MLflow run {run_id} in experiment {config.tracking.experiment!r} at {uri}", flush=True)
-    print(markdown_table(result.rows), flush=True)
+    out.say(markdown_table(result.rows))
+    out.summary({"MLflow run": f"{run_id} (experiment {config.tracking.experiment!r} at {uri})",
+                 "results": "results.md, tasks/*/curves.png in the run's artifacts",
+                 **{f"head {task}": f"braindino-head-{task} version {version} @{config.register.alias}"
+                    for task, version in result.heads.items()}})
     return result
 
 
@@ -90,7 +99,7 @@ def register(outcome: TaskOutcome, encoder, spec_digest: str, config: EvaluateCo
                                                  "source_run": run_id, f"test.{task.primary_metric}":
                                                  f"{protocol.fractions[-1].metrics[task.primary_metric]:.6g}"},
                             uri, config.register.alias)
-    print(f"[evaluate]   registered braindino-head-{task.name} version {version} as @{config.register.alias}", flush=True)
+    console().say(f"[evaluate]   registered braindino-head-{task.name} version {version} as @{config.register.alias}")
     return version
 
 
@@ -121,9 +130,12 @@ def log_results(result: EvaluationResult, artifacts: Path) -> None:
 
 
 def main(argv=None) -> None:
-    args = job_parser("braindino evaluate", __doc__.splitlines()[0]).parse_args(argv)
-    run(load_job_config(EvaluateConfig, args))
+    args = job_parser("braindino evaluate", "A frozen encoder and light heads on a suite of tasks, under one "
+                      "protocol, against baselines; the candidate's heads are registered.", EXAMPLES).parse_args(argv)
+    config = load_job_config(EvaluateConfig, args)
+    open_console("evaluate", args.verbose)
+    run(config)
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

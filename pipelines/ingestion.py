@@ -9,7 +9,6 @@ Each run is incremental (the manifest is the ledger) and is logged to MLflow as 
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,14 +16,21 @@ from pathlib import Path
 from braindino.config import flatten, to_dict
 from datastore.upgrade import upgrade_manifest
 from ingest.job import FaultHook, run_ingest
-from ingest.lease import LeaseHeld, checking, hold_lease
+from ingest.lease import checking, hold_lease
 from ingest.planning import locate_scan, preview_ingest
 from ingest.report import IngestReport
 from ingest.settings import INGEST_VERSION, IngestSettings
 from ingest.spec import DatasetSpec, load_spec, spec_paths
+from pipelines.console import console, open_console
+from pipelines.failures import UserFacingError, entry
 from pipelines.jobs import connect_ray, job_parser, load_job_config
 from pipelines.shared_storage import require_shared_storage
 from pipelines.tracking import TrackingConfig, provenance_tags, use_experiment
+
+
+EXAMPLES = """  braindino ingest --config configs/ingest.yaml --dataset configs/datasets/icbm152.yaml
+  braindino ingest --config configs/ingest.yaml --all --dry-run        (what a run would process)
+  ray job submit --working-dir . -- python pipelines/ingestion.py --config configs/ingest.yaml --all"""
 
 
 @dataclass(frozen=True)
@@ -39,31 +45,39 @@ class IngestConfig:
 def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestReport:
     """Run one incremental ingest of ``config.datasets``, print its summary and log it to MLflow."""
     specs = load_specs(config.datasets)
+    out = console()
+    output = config.ingest.output.rstrip("/")
+    out.intro(f"ingest {len(specs)} dataset{'s' if len(specs) != 1 else ''} into {output}", {
+        **{spec.name: spec.source for spec in specs},
+        "output": f"{output} (manifest/, shards/, zarr/, qc/)",
+        "MLflow": f"experiment {config.tracking.experiment!r} at {config.tracking.resolved_uri()}",
+    })
     connect_ray(config.ray_cpus)
     require_shared_storage({"ingest.output": config.ingest.output, **{f"{s.name}.source": s.source for s in specs}})
     with hold_lease(config.ingest.output, config.ingest.storage, owner="braindino ingest") as lease:
-        report = run_ingest(specs, config.ingest, checking(lease, fault_hook))
-    print(report.summary())
+        report = run_ingest(specs, config.ingest, checking(lease, fault_hook), out.progress)
+    out.say(report.summary())
     for item in report.quarantined:
-        print(f"  quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
-    output = config.ingest.output.rstrip("/")
-    print(f"  manifest {output}/manifest/v{report.manifest_version:06d}.json (datastore.manifest.ManifestStore reads it)")
-    print(f"  shards {output}/shards/, zarr volumes {output}/zarr/")
-    for dataset, path in report.qc.items():
-        print(f"  QC montage ({dataset}): {path}")
-    log_run(config, specs, report)
+        out.warn(f"quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
+    run_id = log_run(config, specs, report)
+    out.summary({
+        "manifest": f"{output}/manifest/v{report.manifest_version:06d}.json",
+        "shards": f"{output}/shards/", "zarr volumes": f"{output}/zarr/",
+        **{f"QC montage ({dataset})": path for dataset, path in report.qc.items()},
+        "MLflow run": run_id,
+    })
     return report
 
 
 def load_specs(paths: list[str]) -> list[DatasetSpec]:
     """The dataset specs at ``paths``; exits when there are none (a run, a preview or a lookup needs one)."""
     if not paths:
-        raise SystemExit("ingest: name at least one dataset spec (--dataset FILE or --all)")
+        raise UserFacingError("ingest: name at least one dataset spec (--dataset FILE, or --all for every spec in datasets_dir)")
     return [load_spec(path) for path in paths]
 
 
-def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport) -> None:
-    """Params (no credentials, no keys), metrics, summary, quarantine list and QC montages as one MLflow run."""
+def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport) -> str:
+    """Params (no credentials, no keys), metrics, summary, quarantine list and QC montages as one MLflow run; its id."""
     import mlflow
 
     settings = config.ingest
@@ -78,7 +92,7 @@ def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport
         **flatten(to_dict(settings.preprocess), "preprocess."),
         **flatten(to_dict(settings.policy), "policy."),
     }
-    with mlflow.start_run(run_name=f"ingest-{report.run_id}"):
+    with mlflow.start_run(run_name=f"ingest-{report.run_id}") as run:
         mlflow.set_tags({**provenance_tags(), "job": "ingest", "ingest.run_id": report.run_id,
                          "ingest.committed": str(report.committed)})
         mlflow.log_params(params)
@@ -93,10 +107,12 @@ def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport
                     (Path(tmp) / f"{dataset}.png").write_bytes(stream.read())
             if report.qc:
                 mlflow.log_artifacts(tmp, "qc")
+    return run.info.run_id
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = job_parser("braindino ingest", __doc__.splitlines()[0])
+    parser = job_parser("braindino ingest", "Raw scans in object storage -> zarr volumes, WebDataset shards and the "
+                        "manifest; incremental (the manifest is the ledger), logged to MLflow.", EXAMPLES)
     parser.add_argument("--dataset", action="append", default=[], metavar="SPEC.yaml",
                         help="a dataset spec to ingest (repeatable)")
     parser.add_argument("--all", action="store_true", help="ingest every spec in datasets_dir")
@@ -122,11 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print(preview_ingest(load_specs(chosen), config.ingest).summary())
         return
-    try:
-        ingest(replace(config, datasets=chosen))
-    except LeaseHeld as err:
-        sys.exit(f"ingest refused: {err}")
+    open_console("ingest", args.verbose)
+    ingest(replace(config, datasets=chosen))
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

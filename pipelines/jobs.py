@@ -10,40 +10,48 @@ from typing import Callable, TypeVar
 
 import yaml
 
-from braindino.config import ConfigError, load_config, to_dict
+from braindino.config import load_config, to_dict
+from pipelines.console import console, route_library_logs, route_worker_output
+from pipelines.failures import UserFacingError
 
 T = TypeVar("T")
 
 
-def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def job_parser(prog: str, description: str, examples: str = "") -> argparse.ArgumentParser:
+    """The parser every job shares; ``examples`` (one command per line) is shown under ``--help``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"examples:\n{examples}" if examples else None)
     parser.add_argument("--config", help="YAML file for this job (defaults are used without it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key by its dotted path, e.g. --set section.key=value (repeatable)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (every key, defaults included, secrets redacted) as YAML and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray, Ray Data and MLflow output live on stderr (it always goes to the log file)")
     return parser
 
 
 def load_job_config(config_cls: type[T], args: argparse.Namespace, extra: list[str] = ()) -> T:
-    """The job's typed config, or exit with the ConfigError's message (it names the file and key).
+    """The job's typed config (a ``ConfigError`` names the file and key at fault).
 
     With ``--print-config`` print it as YAML (loadable with ``--config``) and exit instead.
     """
-    try:
-        config = load_config(config_cls, args.config, [*extra, *args.overrides])
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+    config = load_config(config_cls, args.config, [*extra, *args.overrides])
     if args.print_config:
         print(yaml.safe_dump(json.loads(json.dumps(to_dict(config), default=str)), sort_keys=False), end="")
         sys.exit(0)
     return config
 
 
-def run_job(prog: str, description: str, config_cls: type[T], run: Callable[[T], object], argv=None) -> None:
-    """Parse ``argv`` for a job that needs no arguments beyond --config/--set, then run it."""
-    args = job_parser(prog, description).parse_args(argv)
-    run(load_job_config(config_cls, args))
+def run_job(prog: str, description: str, config_cls: type[T], run: Callable[[T], object], argv=None,
+            examples: str = "") -> None:
+    """Parse ``argv`` for a job that needs no arguments beyond --config/--set/--verbose, then run it."""
+    from pipelines.console import open_console
+
+    args = job_parser(prog, description, examples).parse_args(argv)
+    config = load_job_config(config_cls, args)
+    open_console(prog.split()[-1], args.verbose)
+    run(config)
 
 
 def connect_ray(num_cpus: int | None = None) -> None:
@@ -58,12 +66,16 @@ def connect_ray(num_cpus: int | None = None) -> None:
         return
     address = os.environ.get("RAY_ADDRESS", "")
     if address.startswith(("http://", "https://")):
-        sys.exit(f"RAY_ADDRESS={address} is a Ray job API: submit this driver with `ray job submit --address "
-                 f"{address} --working-dir . -- python pipelines/<job>.py ...`, or unset RAY_ADDRESS to run locally")
+        raise UserFacingError(f"RAY_ADDRESS={address} is a Ray job API, not a driver address: submit this driver with "
+                              f"'ray job submit --address {address} --working-dir . -- python pipelines/JOB.py ...', "
+                              "or unset RAY_ADDRESS to run on a local Ray")
     if address:
-        ray.init()
+        ray.init(configure_logging=False)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+    if console().log_path:  # a command's console is open: Ray's output belongs in its log
+        route_library_logs()
+        route_worker_output()
 
 
 JOB_EXCLUDES = [".git", ".venv", ".local", ".pytest_cache", "*.egg-info"]
@@ -92,7 +104,8 @@ def submit_job(address: str, script: str, args: list[str]) -> None:
     command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address,
                "--working-dir", str(repo), "--runtime-env-json", json.dumps(runtime_env), "--",
                python, f"pipelines/{script}", *args]
-    print(f"[submit] ray job submit --address {address} -- python pipelines/{script} {' '.join(args[:2])} ...",
+    console().say(f"[submit] ray job submit --address {address} -- python pipelines/{script} {' '.join(args[:2])} ...",
           flush=True)
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    subprocess.run(command, check=True, env=env)
+    # The job's output (its driver's own lines; Ray's are in the driver's log file) is this command's output.
+    subprocess.run(command, check=True, env=env, stdout=console().out)

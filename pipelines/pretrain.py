@@ -10,22 +10,24 @@ with the same ``name``. The EMA teacher is then registered as ``braindino-encode
 
 from __future__ import annotations
 
-import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from braindino.config import flatten, to_dict
+from pipelines.console import console, open_console
+from pipelines.failures import UserFacingError, entry
 from pipelines.jobs import connect_ray, job_parser, load_job_config, submit_job
 from pipelines.shared_storage import require_shared_storage
 from pipelines.tracking import provenance_tags, use_experiment
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import ShardIndex, build_dataset, describe, probe_set, shard_index
 from pipelines.train.loop import StagePlan, TrainingDiverged, train_stage
-from pipelines.train.resources import ClusterTooSmall, DataResources, autoscaling_capacity, plan_data_resources
+from pipelines.train.resources import DataResources, autoscaling_capacity, plan_data_resources
 from pipelines.train.watchdog import DataStalled, progress_actor
 
-log = logging.getLogger("braindino.pretrain")
+EXAMPLES = """  braindino pretrain --config configs/pretrain/tiny-cpu.yaml
+  braindino pretrain --config configs/pretrain/tiny-cpu.yaml --set stage1.iterations=40 --set name=my-run
+  ray job submit --address http://HEAD:8265 --working-dir . -- python pipelines/pretrain.py --config FILE"""
 
 
 @dataclass
@@ -87,9 +89,9 @@ def data_resources(config: PretrainConfig) -> DataResources:
     import ray
 
     data = plan_data_resources(config, ray.cluster_resources(), autoscaling_capacity())
-    log.info("stream: read + decode tasks at %g CPU%s", data.read_cpus,
-             f", {data.augment_actors[0]}-{data.augment_actors[1]} augment actors at {data.augment_cpus:g} CPU"
-             if config.data.augment_on == "ray_data" else "")
+    augment = (f", {data.augment_actors[0]}-{data.augment_actors[1]} augment actors at {data.augment_cpus:g} CPU"
+               if config.data.augment_on == "ray_data" else "")
+    console().say(f"[pretrain] stream: read + decode tasks at {data.read_cpus:g} CPU{augment}")
     return data
 
 
@@ -142,22 +144,26 @@ def _start_tracking(config: PretrainConfig, index: ShardIndex) -> tuple[str, str
 def run(config: PretrainConfig) -> PretrainResult:
     from mlflow.tracking import MlflowClient
 
-    logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
+    out = console()
+    out.intro(f"pretrain {config.name!r}: {' then '.join(config.stages())} on {config.workers.num_workers} worker(s)", {
+        "manifest": config.data.manifest, "checkpoints": config.checkpoint.storage_path,
+        "MLflow": f"experiment {config.tracking.experiment!r} at {config.tracking.resolved_uri()}",
+    })
+    index = shard_index(config.data.manifest, config.data.store)
     connect_ray()
     require_shared_storage({"data.manifest": config.data.manifest, "checkpoint.storage_path": config.checkpoint.storage_path})
     data = data_resources(config)
-    index = shard_index(config.data.manifest, config.data.store)
-    log.info("data: %s", describe(index))
+    out.say(f"[pretrain] data: {describe(index)}")
     probe = probe_set(index, config.data.store, config.data.probe_slices_per_class)
     uri, run_id = _start_tracking(config, index)
     client = MlflowClient(uri)
-    print(f"[pretrain] MLflow run {run_id} in experiment {config.tracking.experiment!r} at {uri}", flush=True)
+    out.say(f"[pretrain] MLflow run {run_id} in experiment {config.tracking.experiment!r} at {uri}")
     checkpoints: dict[str, object] = {}
     final_step = 0
     for stage in config.stages():
         done = finished_stage(config, stage, client.get_run(run_id).data.tags.get(f"checkpoint.{stage}"))
         if done is not None:  # a rerun of this name: the stage completed before, reuse its recorded checkpoint
-            print(f"[pretrain] {stage} already complete: {done.path}", flush=True)
+            out.say(f"[pretrain] {stage} already complete: {done.path}")
             checkpoints[stage] = done
             final_step = config.first_step(stage) + config.stage(stage).iterations
             continue
@@ -176,7 +182,7 @@ def run(config: PretrainConfig) -> PretrainResult:
         client.set_tag(run_id, f"checkpoint.{stage}", result.checkpoint.path)
         metrics = result.metrics or {}
         final_step = int(metrics.get("step", 0))
-        print(f"[pretrain] {stage} done at step {final_step}: checkpoint {result.checkpoint.path}", flush=True)
+        out.say(f"[pretrain] {stage} done at step {final_step}: checkpoint {result.checkpoint.path}")
         if metrics.get("diverged"):
             client.set_tag(run_id, "braindino.status", "diverged")
             client.set_terminated(run_id, "FAILED")
@@ -191,10 +197,14 @@ def run(config: PretrainConfig) -> PretrainResult:
         with last.as_directory() as directory:
             version = register_run(config, Path(directory), run_id, uri, index)
         outcome.model_version = version
-        print(f"[pretrain] registered {config.register.model_name} version {version} "
-              f"as @{config.register.alias}", flush=True)
+        out.say(f"[pretrain] registered {config.register.model_name} version {version} "
+              f"as @{config.register.alias}")
     client.set_tag(run_id, "braindino.status", "finished")
     client.set_terminated(run_id, "FINISHED")
+    out.summary({"MLflow run": f"{run_id} (experiment {config.tracking.experiment!r} at {uri})",
+                 **{f"checkpoint {stage}": path for stage, path in paths.items()}, "final step": final_step,
+                 **({"registered": f"{config.register.model_name} version {outcome.model_version} "
+                                   f"@{config.register.alias}"} if outcome.model_version else {})})
     return outcome
 
 
@@ -208,20 +218,17 @@ def submit(address: str, config_file: str | Path, overrides: list[str], tracking
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               f"tags.`braindino.run_name` = '{name}'", max_results=1)
     if not runs:
-        raise RuntimeError(f"the job finished but no MLflow run is tagged braindino.run_name={name} at {tracking_uri}")
+        raise UserFacingError(f"the job finished but no MLflow run is tagged braindino.run_name={name} at {tracking_uri}")
     return runs[0].info.run_id
 
 
 def main(argv=None) -> None:
-    args = job_parser("braindino pretrain", __doc__.splitlines()[0]).parse_args(argv)
+    args = job_parser("braindino pretrain", "Two-stage BrainDINO self-distillation on Ray Train, tracked in MLflow.",
+                      EXAMPLES).parse_args(argv)
     config = load_job_config(PretrainConfig, args)
-    try:
-        run(config)
-    except ClusterTooSmall as err:
-        sys.exit(f"pretrain cannot start: {err}")
-    except (TrainingDiverged, DataStalled) as err:
-        sys.exit(f"pretrain stopped: {err}")
+    open_console("pretrain", args.verbose)
+    run(config)
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -23,11 +23,15 @@ from pathlib import Path
 
 from braindino.models.vit import ViTConfig
 from braindino.volumes import PreprocessSpec
+from pipelines.console import console, open_console
+from pipelines.failures import UserFacingError, entry
 from pipelines.jobs import job_parser, load_job_config
 from pipelines.registry import DIGEST_TAG, ENCODER_MODEL, EXPORT_ARTIFACT, sha256_file
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import ShardIndex, shard_index
 
+EXAMPLES = """  braindino register --config configs/pretrain/tiny-cpu.yaml --run-id RUN --checkpoint PATH
+  braindino register promote --version 3 --alias champion   (points an alias at a version)"""
 PYFUNC_CODE = Path(__file__).resolve().with_name("encoder_pyfunc.py")
 RUNTIME_PACKAGES = ("braindino", "torch", "safetensors")  # what loading the pyfunc imports
 
@@ -182,24 +186,38 @@ def register_run(config: PretrainConfig, checkpoint_dir: str | Path, run_id: str
 
 def run(config: RegisterJobConfig) -> str:
     if not config.checkpoint_dir or not config.run_id:
-        sys.exit("register: name the pretraining run and its checkpoint: --run-id RUN --checkpoint PATH")
-    version = register_run(config, config.checkpoint_dir, config.run_id, config.tracking.resolved_uri())
-    print(f"[register] {config.register.model_name} version {version} is @{config.register.alias}")
+        raise UserFacingError("register: name the pretraining run and its checkpoint: --run-id RUN --checkpoint PATH")
+    out = console()
+    uri = config.tracking.resolved_uri()
+    out.intro(f"register the EMA teacher of run {config.run_id} as {config.register.model_name}",
+              {"checkpoint": config.checkpoint_dir, "MLflow": uri})
+    version = register_run(config, config.checkpoint_dir, config.run_id, uri)
+    out.summary({"registered": f"{config.register.model_name} version {version} @{config.register.alias}",
+                 "promote": f"braindino register promote --version {version}"})
     return version
 
 
 def promote(model_name: str, version: str, alias: str, tracking_uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri).set_registered_model_alias(model_name, alias, version)
-    print(f"[register] {model_name} version {version} is now @{alias}")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri).set_registered_model_alias(model_name, alias, version)
+    except MlflowException as err:
+        detail = err.message.splitlines()[0] if err.message else type(err).__name__
+        raise UserFacingError(f"cannot point @{alias} at {model_name} version {version} at {tracking_uri} ({detail}): "
+                              "pick a registered version (see the model's page in the MLflow UI)") from None
+    console().say(f"[register] {model_name} version {version} is now @{alias}")
 
 
 def promote_main(argv: list[str]) -> None:
     from pipelines.tracking import TrackingConfig
 
     parser = argparse.ArgumentParser(prog="braindino register promote",
-                                     description="Point an alias (default champion) at a registered version.")
+                                     description="Point an alias (default champion) at a registered version.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="example:\n  braindino register promote --version 3 --alias champion")
     parser.add_argument("--version", required=True)
     parser.add_argument("--alias", default="champion")
     parser.add_argument("--model", default=ENCODER_MODEL)
@@ -213,15 +231,17 @@ def main(argv=None) -> None:
     if argv[:1] == ["promote"]:
         promote_main(argv[1:])
         return
-    parser = job_parser("braindino register", __doc__.splitlines()[0])
-    parser.epilog = "'braindino register promote --version N [--alias champion]' points an alias at a version."
+    parser = job_parser("braindino register", "Export the EMA teacher of a pretraining run as a frozen encoder and "
+                        "register it in MLflow (alias candidate).", EXAMPLES)
     parser.add_argument("--checkpoint", help="a pretraining checkpoint directory (same as --set checkpoint_dir=PATH)")
     parser.add_argument("--run-id", help="the MLflow run of that pretraining (same as --set run_id=RUN)")
     args = parser.parse_args(argv)
     named = {"checkpoint_dir": args.checkpoint, "run_id": args.run_id}
     extra = [f"{key}={json.dumps(value)}" for key, value in named.items() if value]
-    run(load_job_config(RegisterJobConfig, args, extra))
+    config = load_job_config(RegisterJobConfig, args, extra)
+    open_console("register", args.verbose)
+    run(config)
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -110,7 +110,10 @@ def download_version(reference: str, tracking_uri: str, dest: str | Path | None,
             name, _, number = name.partition("/")
             version = client.get_model_version(name, number)
     except MlflowException as err:
-        raise RegistryError(f"{reference} names no registered version at {tracking_uri}: {err.message}") from None
+        detail = err.message.splitlines()[0] if err.message else type(err).__name__
+        raise RegistryError(f"{reference} names no registered version at {tracking_uri} ({detail}): register one "
+                            "('braindino pretrain' or 'braindino register') or point the alias at a version "
+                            "('braindino register promote --version N --alias ALIAS')") from None
     target = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="braindino-model-"))
     # The version's own artifact location, not a models:/ URI: MLflow resolves models:/ against the process's
     # global registry URI whatever it is told, and a job need not have one.

@@ -40,6 +40,9 @@ def use_experiment(config: TrackingConfig) -> str:
     """
     import mlflow
 
+    from pipelines.console import route_library_logs
+
+    route_library_logs()  # MLflow installs its console handler on import
     mlflow.set_tracking_uri(config.resolved_uri())
     existing = mlflow.get_experiment_by_name(config.experiment)
     if existing is not None:

@@ -15,11 +15,14 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import sys
 import threading
 from dataclasses import dataclass, field, replace
 
 from serving.auth import TOKEN_ENV, TOKEN_FILE_ENV
+
+EXAMPLES = """  braindino serve                        (models:/braindino-encoder@champion on 127.0.0.1:8000)
+  braindino serve --set encoder.model=models:/braindino-encoder@candidate --set http.port=8080
+  braindino serve --set "heads=[bundled-sequence, bundled-tissue]"   (with their heads, @champion)"""
 from serving.settings import EncoderSettings, IngressSettings
 
 
@@ -44,10 +47,14 @@ def ensure_token() -> None:
     if os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_FILE_ENV):
         return
     if os.environ.get("RAY_ADDRESS"):
-        sys.exit(f"set {TOKEN_ENV} (or {TOKEN_FILE_ENV}) in the cluster's environment and in this shell: "
-                 "the Serve replicas read it there")
+        from pipelines.failures import UserFacingError
+
+        raise UserFacingError(f"no API token: set {TOKEN_ENV} (or {TOKEN_FILE_ENV}) in the cluster's environment "
+                              "and in this shell: the Serve replicas read it there")
     os.environ[TOKEN_ENV] = secrets.token_urlsafe(32)
-    print(f"[serve] no token configured; this run accepts: export {TOKEN_ENV}={os.environ[TOKEN_ENV]}")
+    from pipelines.console import console
+
+    console().warn(f"no token configured; this run accepts: export {TOKEN_ENV}={os.environ[TOKEN_ENV]}")
 
 
 def encoder_gpus(config: ServeJobConfig) -> int:
@@ -61,11 +68,16 @@ def encoder_gpus(config: ServeJobConfig) -> int:
 def run(config: ServeJobConfig) -> None:
     from ray import serve
 
+    from pipelines.console import console
     from pipelines.jobs import connect_ray
     from pipelines.registry import head_model_name
     from serving.app import APP_NAME, build_app
     from serving.heads import HeadSettings, build_head_app, head_application
 
+    out = console()
+    url = f"http://{config.http.host}:{config.http.port}"
+    out.intro(f"serve {config.encoder.model} on {url}", {"heads": ", ".join(config.heads) or "none",
+                                                       "MLflow": config.encoder.resolved_tracking_uri()})
     ensure_token()
     connect_ray()
     encoder = replace(config.encoder, tracking_uri=config.encoder.resolved_tracking_uri())
@@ -77,19 +89,20 @@ def run(config: ServeJobConfig) -> None:
         serve.run_many([serve.RunTarget(build_head_app(HeadSettings(
             task=task, model=f"models:/{head_model_name(task)}@{config.head_alias}", tracking_uri=encoder.tracking_uri)),
             name=head_application(task), route_prefix=None) for task in config.heads])
-    url = f"http://{config.http.host}:{config.http.port}"
-    print(f"[serve] {encoder.model} on {'1 GPU' if gpus else 'CPU'}, heads {config.heads}; API at {url}/v1, "
-          f"OpenAPI at {url}/openapi.json")
-    print(f"[serve] try: braindino embed SCAN.nii.gz --url {url}   (Ctrl-C stops)", flush=True)
+    out.say(f"[serve] {encoder.model} on {'1 GPU' if gpus else 'CPU'}, heads {config.heads}; API at {url}/v1, "
+            f"OpenAPI at {url}/openapi.json")
+    out.say(f"[serve] try: braindino embed SCAN.nii.gz --url {url}   (Ctrl-C stops)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    print("[serve] shutting down")
+    out.say("[serve] shutting down")
     serve.shutdown()
+    out.summary({"served": f"{encoder.model} at {url}/v1", "heads": ", ".join(config.heads) or "none"})
 
 
 def main(argv=None) -> None:
     from pipelines.jobs import run_job
 
-    run_job("braindino serve", __doc__, ServeJobConfig, run, argv)
+    run_job("braindino serve", "Run the service on this machine's Ray (or the cluster in $RAY_ADDRESS) until "
+            "interrupted; defaults come from the Serve config in configs/serve/.", ServeJobConfig, run, argv, EXAMPLES)

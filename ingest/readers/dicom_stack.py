@@ -61,17 +61,26 @@ def check_slices(key: str, series: list[tuple[str, pydicom.Dataset]]) -> None:
             raise ScanRejected(key, "no_geometry", f"{name} in {key} lacks {', '.join(missing)}; its position in the patient is unknown")
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise ScanRejected(key, "not_grayscale", f"{name} in {key} has {ds.SamplesPerPixel} samples per pixel; only greyscale images are read")
-        same = (
-            np.allclose(ds.ImageOrientationPatient, first.ImageOrientationPatient, atol=GEOMETRY_TOLERANCE)
-            and (ds.Rows, ds.Columns) == (first.Rows, first.Columns)
-            and np.allclose(ds.PixelSpacing, first.PixelSpacing, atol=GEOMETRY_TOLERANCE)
-        )
-        if not same:
+        differing = differing_geometry(first, ds)
+        if differing:
             raise ScanRejected(
                 key, "series_inconsistent",
-                f"{name} in {key} differs from {series[0][0]} in orientation, matrix size or pixel spacing; "
-                "the series mixes acquisitions: split it",
+                f"{key} mixes acquisitions: {'; '.join(differing)} ({series[0][0]} vs {name}); split the series",
             )
+
+
+def differing_geometry(first: pydicom.Dataset, other: pydicom.Dataset) -> list[str]:
+    """``field first vs other`` for each of orientation, matrix size and pixel spacing that differs."""
+    def values(ds: pydicom.Dataset) -> dict[str, Any]:
+        return {"orientation": [round(float(v), 4) for v in ds.ImageOrientationPatient],
+                "matrix size": f"{ds.Rows}x{ds.Columns}",
+                "pixel spacing": [round(float(v), 4) for v in ds.PixelSpacing]}
+
+    mine, theirs = values(first), values(other)
+    same = {"orientation": np.allclose(first.ImageOrientationPatient, other.ImageOrientationPatient, atol=GEOMETRY_TOLERANCE),
+            "matrix size": (first.Rows, first.Columns) == (other.Rows, other.Columns),
+            "pixel spacing": np.allclose(first.PixelSpacing, other.PixelSpacing, atol=GEOMETRY_TOLERANCE)}
+    return [f"{field} {mine[field]} vs {theirs[field]}" for field, equal in same.items() if not equal]
 
 
 def order_along_normal(

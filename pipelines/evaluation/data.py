@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from braindino.evaluation.splits import SubjectSplit, split_subjects
-from datastore.manifest import ManifestStore, ScanRow
+from datastore.manifest import ManifestMissing, ManifestStore, ScanRow
 from datastore.objectstore import ObjectStoreConfig
 from pipelines.evaluation.config import TaskSpec
 
@@ -61,7 +61,8 @@ def load_samples(task: TaskSpec, default_manifest: str, storage: ObjectStoreConf
     root = task.data.manifest or default_manifest
     manifest = ManifestStore(root, storage).latest()
     if manifest.version == 0:
-        raise FileNotFoundError(f"task {task.name}: {root} has no committed manifest; ingest the task's datasets first")
+        raise ManifestMissing(f"task {task.name}: {root} holds no committed manifest: ingest the task's datasets "
+                              "into it first, or point manifest at an ingest output root")
     present = {row.dataset for row in manifest.current_scans()}
     missing = sorted(set(task.data.datasets) - present)
     if missing:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from braindino.augment import BatchedMultiCrop, MultiCropAugment, MultiCropBatch, MultiCropConfig, batch_from_views
 from braindino.ssl.masking import BlockMaskGenerator
 from braindino.volumes import PreprocessSpec
-from datastore.manifest import ManifestStore
+from datastore.manifest import ManifestMissing, ManifestStore
 from datastore.objectstore import ObjectStoreConfig
 from pipelines.train.checkpoint import DataPosition
 from pipelines.train.config import PretrainConfig, StageConfig
@@ -58,11 +58,12 @@ class ShardIndex:
 def shard_index(root: str, store: ObjectStoreConfig) -> ShardIndex:
     """The active shards of the latest manifest under ``root`` (the ingest output root)."""
     if not root:
-        raise ValueError("data.manifest is empty: set it to the ingest output root (e.g. s3://bucket/ingest)")
+        raise ManifestMissing("data.manifest is empty: set it to the ingest output root (e.g. s3://bucket/ingest)")
     manifests = ManifestStore(root, store)
     manifest = manifests.latest()
     if manifest.version == 0:
-        raise FileNotFoundError(f"{root}: no committed manifest (manifest/v*.json); run `braindino ingest` first")
+        raise ManifestMissing(f"{root} holds no committed manifest (manifest/v*.json): run 'braindino ingest' into it "
+                              "first, or point data.manifest at an ingest output root")
     slices = manifest.active_slices()
     if slices.num_rows == 0:
         raise ValueError(f"{root}: manifest v{manifest.version} lists no active slices to train on")

@@ -85,6 +85,28 @@ def test_the_largest_series_wins_and_a_tie_is_refused(t1_small, dicom_series, ma
     assert rejected.value.reason == "series_ambiguous"
 
 
+@pytest.mark.parametrize("field, change", [
+    ("pixel spacing", lambda ds: setattr(ds, "PixelSpacing", [float(v) * 2 for v in ds.PixelSpacing])),
+    ("orientation", lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1])),
+])
+def test_a_mixed_series_names_the_differing_field_and_both_files(dicom_series, field, change):
+    names = sorted(dicom_series)
+    odd = pydicom.dcmread(io.BytesIO(dicom_series[names[3]]))
+    expected = {"pixel spacing": lambda ds: [round(float(v), 4) for v in ds.PixelSpacing],
+                "orientation": lambda ds: [round(float(v), 4) for v in ds.ImageOrientationPatient]}[field]
+    before = expected(odd)
+    change(odd)
+    out = io.BytesIO()
+    odd.save_as(out)
+    with pytest.raises(ScanRejected) as rejected:
+        read_scan(ScanPayload("series/", {**dicom_series, names[3]: out.getvalue()}))
+    assert rejected.value.reason == "series_inconsistent"
+    first = next(name for name in dicom_series if name != names[3])
+    assert f"{field} {before} vs {expected(odd)}" in rejected.value.detail
+    assert f"({first} vs {names[3]})" in rejected.value.detail
+    assert "matrix size" not in rejected.value.detail
+
+
 def test_a_siemens_mosaic_decodes_to_a_volume(real_file, payload_of):
     scan = read_scan(payload_of(real_file("heudiconv_mosaic")))
     assert scan.data.shape == (64, 64, 35) and scan.metadata["dicom_layout"] == "mosaic"

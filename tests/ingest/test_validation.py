@@ -42,8 +42,12 @@ def test_an_oblique_but_orthogonal_affine_passes(anatomical):
         (lambda d, a: (d, a @ np.array([[1, 0.2, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])), "sheared_affine"),
         (lambda d, a: (d, a @ np.diag([1, 1, 40, 1])), "implausible_spacing"),
         (lambda d, a: (d, np.where(np.eye(4, dtype=bool), np.nan, a)), "bad_affine"),
+        (lambda d, a: (d, np.diag([0.0, 0.0, 0.0, 1.0])), "singular_affine"),
+        (lambda d, a: (d, a @ np.diag([1, 0, 1, 1])), "singular_affine"),
+        (lambda d, a: (d, a @ np.array([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])), "singular_affine"),
     ],
-    ids=["one_slice", "inf", "constant", "shear", "spacing", "nan_affine"],
+    ids=["one_slice", "inf", "constant", "shear", "spacing", "nan_affine", "zero_affine", "zero_axis",
+         "parallel_axes"],
 )
 def test_each_defect_is_rejected_with_its_code(anatomical, change, reason):
     data, affine = change(anatomical.data, anatomical.affine)
@@ -57,3 +61,11 @@ def test_qform_and_sform_must_agree_when_both_are_set(anatomical):
     scan = RawScan(anatomical.data, anatomical.affine, "nifti1", header_affines={"qform": qform, "sform": moved})
     assert reason_for(scan) == "qform_sform_mismatch"
     assert reason_for(scan, ValidationLimits(qform_sform_translation_mm=5.0)) is None
+
+
+def test_a_singular_affine_is_not_reported_as_implausible_spacing(anatomical):
+    with pytest.raises(ScanRejected) as rejected:
+        validate("raw/sub-01.nii.gz", RawScan(anatomical.data, np.diag([0.0, 0.0, 0.0, 1.0]), "nifti1"))
+    assert rejected.value.reason == "singular_affine"
+    assert "raw/sub-01.nii.gz has a singular affine" in str(rejected.value)
+    assert "spacing" not in rejected.value.reason and "pixdim" not in str(rejected.value)

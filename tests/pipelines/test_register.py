@@ -17,6 +17,7 @@ from braindino.config import load_config
 from braindino.features import Encoder
 from braindino.models.vit import VisionTransformer
 from braindino.volumes import PreprocessSpec
+from pipelines.failures import UserFacingError
 from pipelines.registry import RegistryError, fetch_encoder
 from pipelines.register import RegisterJobConfig, export_encoder, main as register_main, register_run, stage_summaries
 from pipelines.train.config import PretrainConfig
@@ -114,5 +115,5 @@ def test_register_job_prints_its_config_and_refuses_without_a_run(capsys, tmp_pa
     assert (config.run_id, config.checkpoint_dir) == ("0123", "/ckpt/stage2")
     assert (config.stage2, config.checkpoint) == (tiny.stage2, tiny.checkpoint)
     assert yaml.safe_load(printed)["data"]["store"]["secret_key"] is None
-    with pytest.raises(SystemExit, match="--run-id RUN --checkpoint PATH"):
+    with pytest.raises(UserFacingError, match="--run-id RUN --checkpoint PATH"):
         register_main(["--config", str(TINY)])
