@@ -33,16 +33,22 @@ def to_display(axial: np.ndarray) -> np.ndarray:
 
 def background(axial: np.ndarray) -> np.ndarray:
     """Where a slice shows no subject: its exact zeros (preprocessing zeroes what lies outside a brain mask or
-    the scan's support) or, for a scan kept whole whose edge holds air, the dark pixels connected to the edge
-    (dark: below the Otsu threshold of the slice's values, which separates air from tissue)."""
+    the scan's support, and slices are padded with zeros), plus, for a scan kept whole whose edge is mostly
+    non-zero air, the dark pixels connected to that air (dark: below the Otsu threshold of the slice's
+    non-zero values, which separates air from tissue)."""
     values = np.asarray(axial, dtype=np.float32)
     zero = values == 0
-    edge = np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])
-    if np.mean(edge == 0) > 0.5 or np.count_nonzero(~zero) < 2:
+    if np.count_nonzero(~zero) < 2:
         return zero
-    labels, _ = ndimage.label(zero | (values < otsu_threshold(values[~zero])))
-    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return np.isin(labels, edge_labels[edge_labels > 0])
+    dark = values < otsu_threshold(values[~zero])
+    edge = np.zeros(values.shape, dtype=bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    air = edge & ~zero & dark
+    if np.count_nonzero(air) <= np.count_nonzero(edge & ~zero) / 2:  # no air at the edge, or tissue reaches it
+        return zero
+    labels, _ = ndimage.label(zero | dark)
+    seeds = np.unique(labels[air])
+    return zero | np.isin(labels, seeds)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
