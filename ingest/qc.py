@@ -1,48 +1,41 @@
 """QC montages: the mid-axial slice of each scan in one PNG per dataset, to catch orientation errors at a glance.
 
-Tiles are shown in the neurological convention: anterior at the top, the subject's left on the
-image's left (canonical RAS slices are ``[x = left -> right, y = posterior -> anterior]``).
+Tiles follow ``braindino.volumes.display``: anterior at the top, the subject's left on the image's left,
+true physical aspect ratio at one scale per montage, a fixed intensity window, the background black,
+each labelled with the scan's pseudonym, sequence and slice index.
 """
 
 from __future__ import annotations
 
 import io
-import math
 from collections import defaultdict
 
 import numpy as np
-from PIL import Image, ImageDraw
 
+from braindino.volumes.display import Tile, montage, montage_scale, physical_size, slice_caption, slice_image
 from datastore.files import write_bytes
 from datastore.manifest import ScanRow
 from datastore.objectstore import ObjectStoreConfig
 from datastore.volumes import open_root, read_axial_slice
 
-TILE = 128
+QC_FOLDER = "qc"
 TILES_PER_DATASET = 24
+COLUMNS = 6
 
 
-def display_tile(axial: np.ndarray, size: int = TILE) -> Image.Image:
-    """A canonical axial slice as an 8-bit greyscale tile, anterior up, windowed to its 1-99th percentiles."""
-    image = np.asarray(axial, dtype=np.float32).T[::-1]
-    low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
-    scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
-    return Image.fromarray((scaled * 255).astype(np.uint8), mode="L").resize((size, size), Image.Resampling.BILINEAR)
+def qc_montage(scans: list[tuple[ScanRow, np.ndarray]]) -> bytes:
+    """PNG bytes of a montage of ``(scan row, its mid-axial slice)`` pairs, all at one scale."""
+    extents = [physical_size(axial.shape, row.spacing) for row, axial in scans]
+    scale = montage_scale(extents)
+    tiles = [Tile(slice_image(axial, row.spacing, scale), slice_caption(row.scan_id, row.sequence, mid_axial(row)))
+             for row, axial in scans]
+    buffer = io.BytesIO()
+    montage(tiles, COLUMNS).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-def montage(tiles: list[tuple[str, np.ndarray]], columns: int = 6, size: int = TILE) -> Image.Image:
-    """A grid of labelled tiles from ``(label, axial slice)`` pairs."""
-    if not tiles:
-        raise ValueError("montage needs at least one slice")
-    columns = min(columns, len(tiles))
-    rows = math.ceil(len(tiles) / columns)
-    canvas = Image.new("L", (columns * size, rows * size))
-    draw = ImageDraw.Draw(canvas)
-    for index, (label, axial) in enumerate(tiles):
-        x, y = (index % columns) * size, (index // columns) * size
-        canvas.paste(display_tile(axial, size), (x, y))
-        draw.text((x + 3, y + 2), label, fill=255)
-    return canvas
+def mid_axial(row: ScanRow) -> int:
+    return row.shape[2] // 2
 
 
 def write_qc(scans: list[ScanRow], output: str, storage: ObjectStoreConfig, run_id: str) -> dict[str, str]:
@@ -50,16 +43,14 @@ def write_qc(scans: list[ScanRow], output: str, storage: ObjectStoreConfig, run_
     ``qc/<run_id>/<dataset>.png`` under ``output``; returns dataset -> montage URI."""
     ok = [row for row in scans if row.status == "ok"]
     root = open_root(output, storage, mode="r") if ok else None
-    tiles: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
+    chosen: dict[str, list[tuple[ScanRow, np.ndarray]]] = defaultdict(list)
     for row in ok:
-        if len(tiles[row.dataset]) < TILES_PER_DATASET:
-            tiles[row.dataset].append((row.sequence, read_axial_slice(root, row.zarr_path, row.shape[2] // 2)))
+        if len(chosen[row.dataset]) < TILES_PER_DATASET:
+            chosen[row.dataset].append((row, read_axial_slice(root, row.zarr_path, mid_axial(row))))
     fs, base = storage.resolve(output)
     paths = {}
-    for dataset, items in tiles.items():
-        buffer = io.BytesIO()
-        montage(items).save(buffer, format="PNG")
-        relative = f"qc/{run_id}/{dataset}.png"
-        write_bytes(fs, f"{base}/{relative}", buffer.getvalue())
+    for dataset, items in chosen.items():
+        relative = f"{QC_FOLDER}/{run_id}/{dataset}.png"
+        write_bytes(fs, f"{base}/{relative}", qc_montage(items))
         paths[dataset] = f"{output.rstrip('/')}/{relative}"
     return paths

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("serving.client:embed_main", "send a scan to a running service: its embedding, as JSON"),
     "predict": ("serving.client:predict_main", "send a scan to a running service: a task head's prediction, as JSON"),
     "segment": ("serving.client:segment_main", "send a scan to a running service: a task head's label volume (NIfTI)"),
+    "status": ("pipelines.status", "what an output root and MLflow hold: manifest counts, quarantine, last runs, models"),
 }
 
 

@@ -67,6 +67,7 @@ def run(config: DemoConfig) -> None:
             run_pretrain_stage(config, stack, address)
             run_evaluate_stage(config, stack, address)
             run_serve_stage(config, stack, address)
+        run_status_stage(config, stack)
         console().summary({"MLflow UI": stack.mlflow.ui_command(), "ingest output": (config.workdir / "ingest").resolve(),
                            "evaluation output": (config.workdir / "evaluate").resolve()})
 
@@ -184,6 +185,18 @@ def run_serve_stage(config: DemoConfig, stack: LocalStack, address: str) -> None
     finally:
         subprocess.run([serve_cli, "shutdown", "-y", "--address", address], check=False, env=cli_env)
         say("[demo] service shut down")
+
+
+def run_status_stage(config: DemoConfig, stack: LocalStack) -> None:
+    """``braindino status`` of what the demo built: manifest counts, quarantine, last runs, registered models."""
+    from pipelines.status import StatusConfig
+    from pipelines.status import run as show_status
+    from pipelines.tracking import TrackingConfig
+
+    output = (config.workdir / "ingest").resolve()
+    say(f"[demo] braindino status --set output={output} --set tracking.tracking_uri={stack.mlflow.tracking_uri}")
+    show_status(StatusConfig(output=str(output), storage=stack.store,
+                             tracking=TrackingConfig(tracking_uri=stack.mlflow.tracking_uri)))
 
 
 def settled_heads(client, timeout_s: float = 180.0) -> list[dict]:

@@ -28,6 +28,7 @@ from braindino.ssl.masking import BlockMaskGenerator
 from braindino.volumes import PreprocessSpec
 from datastore.manifest import ManifestMissing, ManifestStore
 from datastore.objectstore import ObjectStoreConfig
+from datastore.shards import SampleRecord
 from pipelines.train.checkpoint import DataPosition
 from pipelines.train.config import PretrainConfig, StageConfig
 from pipelines.train.resources import DataResources
@@ -238,6 +239,7 @@ class ProbeSet:
     labels: list[str]  # the sequence of each slice (T1w, T2w, ...)
     train: np.ndarray  # [N] bool: the kNN memory bank; the rest are queries
     keys: list[str]
+    records: list[SampleRecord]  # which slice of which scan each image is
 
     def classes(self) -> list[str]:
         return sorted(set(self.labels))
@@ -245,7 +247,7 @@ class ProbeSet:
 
 def probe_set(index: ShardIndex, store: ObjectStoreConfig, per_class: int, max_classes: int = 4) -> ProbeSet:
     """Up to ``per_class`` slices per sequence, read from the manifest's shards (train/query by alternating z)."""
-    from datastore.shards import SampleRecord, read_shard
+    from datastore.shards import read_shard
 
     fs, _ = store.resolve(index.root)
     chosen: dict[str, list[tuple[str, np.ndarray, SampleRecord]]] = {}
@@ -265,7 +267,7 @@ def probe_set(index: ShardIndex, store: ObjectStoreConfig, per_class: int, max_c
     images = np.stack([r[1] for r in rows])
     labels = [r[2].sequence or "unknown" for r in rows]
     train = np.array([i % 2 == 0 for i in range(len(rows))])
-    return ProbeSet(images, labels, train, [r[0] for r in rows])
+    return ProbeSet(images, labels, train, [r[0] for r in rows], [r[2] for r in rows])
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:

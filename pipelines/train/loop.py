@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from braindino.augment import MultiCropBatch
-from braindino.evaluation import knn_accuracy, pca_rgb
+from braindino.evaluation import knn_accuracy, patch_foreground, pca_rgb
 from braindino.models.vit import VisionTransformer
 from braindino.optim import build_optimizer
 from braindino.ssl import ScheduleValues, SelfDistillation, StepResult, training_step
@@ -234,10 +234,10 @@ class StageTrainer:
         self.logger.metrics({"knn_probe_accuracy": accuracy}, step=step)
         count = min(self.config.data.pca_slices, len(probe.images))
         pick = np.linspace(0, len(probe.images) - 1, count).round().astype(int)
-        rgb = pca_rgb(out.patches[pick].cpu(), out.grid)
+        rgb = pca_rgb(out.patches[pick].cpu(), out.grid, patch_foreground(probe.images[pick], out.grid))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"pca_step{step:07d}.png"
-            path.write_bytes(pca_figure(probe.images[pick], rgb))
+            path.write_bytes(pca_figure(probe.images[pick], rgb, [probe.records[i] for i in pick]))
             self.logger.artifact(path, "pca")
 
 

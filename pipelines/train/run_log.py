@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from braindino.volumes.display import Tile, map_image, montage, montage_scale, physical_size, slice_caption, slice_image
+from datastore.shards import SampleRecord
+
 log = logging.getLogger("braindino.pretrain")
 
 
@@ -51,17 +54,18 @@ class RunLogger:
             self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
 
-def pca_figure(images: np.ndarray, rgb: np.ndarray, cell: int = 128) -> bytes:
-    """PNG bytes: one row per slice, the slice (grey) beside its PCA-RGB patch map."""
-    from PIL import Image
-
-    canvas = Image.new("RGB", (2 * cell, cell * len(images)))
-    for row, (image, colours) in enumerate(zip(images, rgb)):
-        grey = image - image.min()
-        grey = (255 * grey / max(float(grey.max()), 1e-6)).astype(np.uint8)
-        canvas.paste(Image.fromarray(grey).convert("RGB").resize((cell, cell)), (0, row * cell))
-        canvas.paste(Image.fromarray(colours).resize((cell, cell), Image.NEAREST), (cell, row * cell))
+def pca_figure(images: np.ndarray, rgb: np.ndarray, records: list[SampleRecord]) -> bytes:
+    """PNG bytes: one row per slice, the slice beside its PCA-RGB patch map, both in the QC montages' display
+    convention (anterior up, the subject's left on the left, true aspect) and captioned with the scan's
+    pseudonym, sequence and slice index."""
+    extents = [physical_size(image.shape, record.spacing) for image, record in zip(images, records)]
+    scale = montage_scale(extents)
+    tiles = []
+    for image, colours, record in zip(images, rgb, records):
+        grey = slice_image(image, record.spacing, scale)
+        scan_id = record.volume_id.rsplit("-", 1)[0]  # a volume id is the scan pseudonym + "-" + a content digest
+        tiles += [Tile(grey, slice_caption(scan_id, record.sequence, record.z)),
+                  Tile(map_image(colours, grey.size), ("teacher patch features", "PCA 1-3 as RGB"))]
     buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
+    montage(tiles, columns=2).save(buffer, format="PNG")
     return buffer.getvalue()
-
