@@ -6,9 +6,14 @@ import posixpath
 
 import pyarrow.fs as pafs
 
+from datastore.objectstore import ObjectStoreConfig
+
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` in one step: a single PUT on S3, a temp file and rename on disk.
+    """Write ``data`` to ``path`` so that no reader ever sees part of it: on disk a temp file and rename;
+    on S3 one PUT (``ObjectStoreConfig``'s filesystem delays the request to the close), or for an object
+    above pyarrow's part size a multipart upload that S3 shows only once it is completed, which a failed
+    upload never is (``abort_unfinished_uploads`` deletes what such an upload left).
 
     S3 needs no folders (creating one would leave a zero-byte marker object); local disk does.
     """
@@ -27,3 +32,18 @@ def ensure_parent(fs: pafs.FileSystem, path: str) -> None:
     """Create the parent folder of ``path`` on local disk (a no-op for object stores)."""
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(posixpath.dirname(path), recursive=True)
+
+
+def abort_unfinished_uploads(storage: ObjectStoreConfig, root: str) -> int:
+    """Abort the multipart uploads left unfinished under ``s3://bucket/prefix`` ``root`` (their parts cost
+    storage but no reader sees them); returns how many. Only for a root no one else is writing to."""
+    if not root.startswith("s3://"):
+        return 0
+    bucket, _, prefix = root.removeprefix("s3://").partition("/")
+    client = storage.boto3_client()
+    aborted = 0
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+        for upload in page.get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            aborted += 1
+    return aborted
