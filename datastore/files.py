@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import posixpath
 
 import pyarrow.fs as pafs
 
 from datastore.objectstore import ObjectStoreConfig
+from datastore.retry import StoreUnavailable, body_errors, describe, retrying
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
@@ -26,6 +28,33 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     with fs.open_output_stream(temp) as out:
         out.write(data)
     fs.move(temp, path)
+
+
+def read_object(storage: ObjectStoreConfig, uri: str) -> bytes:
+    """The bytes of ``uri`` (``s3://bucket/key`` or a local path) as stored (no decompression).
+
+    On S3 botocore retries each GET under ``storage.retries``; a body cut short is fetched again, as a
+    whole, under the same bounds. Raises ``StoreUnavailable`` naming ``uri`` once the retries are spent.
+    """
+    if not uri.startswith("s3://"):
+        fs, path = storage.resolve(uri)
+        with fs.open_input_stream(path, compression=None) as stream:
+            return stream.read()
+    import botocore.exceptions
+
+    client = _client(storage)
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        return retrying(storage.retries, uri, lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(),
+                        body_errors())
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
+        raise StoreUnavailable(f"{uri}: {describe(err)}") from err
+
+
+@functools.cache
+def _client(storage: ObjectStoreConfig):
+    """One boto3 client per config and process (clients are thread-safe)."""
+    return storage.boto3_client()
 
 
 def ensure_parent(fs: pafs.FileSystem, path: str) -> None:

@@ -77,7 +77,7 @@ class ObjectStoreConfig:
         if self.has_keys:
             options.update(key=self.access_key, secret=self.secret_key)
         filesystem = fsspec.filesystem("s3", **options)
-        filesystem.retries = self.retries.max_attempts  # s3fs's own loop around body reads (lost when pickled)
+        filesystem.retries = S3FS_ATTEMPTS  # s3fs's own loop (lost when pickled): botocore retries each request
         return filesystem
 
     def zarr_store(self, uri: str, read_only: bool = False):
@@ -89,6 +89,9 @@ class ObjectStoreConfig:
                                             path=uri.removeprefix("s3://").rstrip("/"))
         _, path = self.resolve(uri)
         return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+S3FS_ATTEMPTS = 2  # s3fs's loop around botocore's (a body cut short is read again once): attempts multiply
 
 
 @functools.cache

@@ -93,6 +93,23 @@ class StoreUnavailable(OSError):
     """An object-store request that still failed after its retries; names the object and the last error."""
 
 
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What the clients raise once their retries are spent: pyarrow and s3fs ``OSError``s, botocore's
+    errors, aiohttp's (an s3fs body cut short)."""
+    import aiohttp
+    import botocore.exceptions
+
+    return OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError
+
+
+def body_errors() -> tuple[type[BaseException], ...]:
+    """A response body cut short or stalled: botocore returned the response, so its retries do not cover it."""
+    import botocore.exceptions as be
+
+    return (be.ResponseStreamingError, be.IncompleteReadError, be.ReadTimeoutError, be.ConnectionClosedError,
+            be.EndpointConnectionError)
+
+
 def retrying(policy: RetryConfig, what: str, operation: Callable[[], T],
              transient: tuple[type[BaseException], ...]) -> T:
     """``operation()``, redone after a ``transient`` error up to ``policy.max_attempts`` times in all; then

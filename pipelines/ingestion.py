@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from braindino.config import flatten, to_dict
+from datastore.retry import StoreUnavailable
 from datastore.upgrade import upgrade_manifest
 from ingest.job import FaultHook, run_ingest
 from ingest.lease import LeaseHeld, checking, hold_lease
@@ -39,6 +40,7 @@ class IngestConfig:
 def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestReport:
     """Run one incremental ingest of ``config.datasets``, print its summary and log it to MLflow."""
     specs = load_specs(config.datasets)
+    config.ingest.storage.retries.export()  # MLflow's S3 artifact uploads retry alike
     connect_ray(config.ray_cpus)
     require_shared_storage({"ingest.output": config.ingest.output, **{f"{s.name}.source": s.source for s in specs}})
     with hold_lease(config.ingest.output, config.ingest.storage, owner="braindino ingest") as lease:
@@ -46,6 +48,8 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
     print(report.summary())
     for item in report.quarantined:
         print(f"  quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
+    for item in report.failed:
+        print(f"  not ingested {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
     output = config.ingest.output.rstrip("/")
     print(f"  manifest {output}/manifest/v{report.manifest_version:06d}.json (datastore.manifest.ManifestStore reads it)")
     print(f"  shards {output}/shards/, zarr volumes {output}/zarr/")
@@ -85,6 +89,8 @@ def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport
         mlflow.log_metrics(report.metrics())
         mlflow.log_text(report.summary(), "summary.txt")
         mlflow.log_dict({"by_reason": report.by_reason(), "quarantined": report.quarantined}, "quarantine.json")
+        if report.failed:
+            mlflow.log_dict({"store_unavailable": report.failed}, "failed.json")
         with tempfile.TemporaryDirectory() as tmp:
             fs, _ = settings.storage.resolve(settings.output)
             for dataset, uri in report.qc.items():
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         ingest(replace(config, datasets=chosen))
     except LeaseHeld as err:
         sys.exit(f"ingest refused: {err}")
+    except StoreUnavailable as err:
+        sys.exit(f"ingest failed: {err}")
 
 
 if __name__ == "__main__":
