@@ -52,7 +52,8 @@ from ingest.spec import DatasetSpec
 FaultHook = Callable[[str], None]
 SLICE_COLUMNS = [("images", pa.binary()), ("z", pa.list_(pa.int32())), ("foreground", pa.list_(pa.float64()))]
 SAMPLE_COLUMNS = ("volume_id", "scan_id", "dataset", "subject", "session", "sequence", "spacing")
-WRITTEN_SCHEMA = SLICES_SCHEMA.append(pa.field("bytes", pa.int64()))  # a slice row and the size of its shard
+# a slice row, the size of its shard, and why the shard could not be written (null when it was)
+WRITTEN_SCHEMA = SLICES_SCHEMA.append(pa.field("bytes", pa.int64())).append(pa.field("error", pa.string()))
 UNIT_SCHEMA = SCANS_SCHEMA.append(pa.field("store_retries", pa.int64()))  # a scan row and the retries it took
 STORE_UNAVAILABLE = "store_unavailable"  # a unit's status when the store failed it: not in the manifest, retried
 
@@ -151,6 +152,9 @@ def process_tasks(tasks: list[ScanTask], previous: Manifest, specs: list[Dataset
     skip = unchanged_content(previous, scan_rows)
     has_slices = any(r.slices_kept for r in scan_rows if r.volume_id not in skip)
     written = write_shards(processed, skip, settings, run_id) if has_slices else WRITTEN_SCHEMA.empty_table()
+    errors = sorted(set(written.filter(written["error"].is_valid())["error"].to_pylist()))
+    if errors:
+        raise StoreUnavailable(f"{len(errors)} shards not written, e.g. {errors[0]}")
     shards_of: dict[str, set[str]] = defaultdict(set)
     for volume_id, shard in zip(written["volume_id"].to_pylist(), written["shard"].to_pylist()):
         shards_of[volume_id].add(shard)
@@ -251,7 +255,8 @@ def explode_slices(row: dict[str, Any], skip: set[str], slice_size: int) -> list
 def write_shard_block(batch: dict[str, np.ndarray], settings: IngestSettings, run_id: str) -> pa.Table:
     """Ray Data map_batches over blocks of ``shard_size`` shuffled slices: one tar per block.
 
-    Returns the block's ``slices`` rows plus the shard's size in ``bytes``; no pixels.
+    Returns the block's ``slices`` rows plus the shard's size in ``bytes`` and, when the store refused it, the
+    ``error`` naming the shard (the driver fails the run with it); no pixels.
     """
     fs, root = settings.storage.resolve(settings.output)
     keys = [str(k) for k in batch["sample_key"]]
@@ -264,14 +269,16 @@ def write_shard_block(batch: dict[str, np.ndarray], settings: IngestSettings, ru
             batch["dataset"], batch["subject"], batch["session"], batch["sequence"], batch["volume_id"], batch["z"],
             batch["foreground_fraction"], batch["spacing"])
     ]
+    size, error = 0, None
     try:
         size = write_shard(fs, f"{root}/{shard}", map(Sample, keys, batch["image"], records))
-    except store_errors() as err:
-        raise StoreUnavailable(f"{settings.output.rstrip('/')}/{shard}: {describe(err)}") from err
+    except store_errors() as err:  # returned, not raised: Ray Data would drop the message and the object's name
+        error = f"{settings.output.rstrip('/')}/{shard}: {describe(err)}"
     rows = SliceRow.table(SliceRow(shard, key, r.volume_id, str(scan_id), r.dataset, r.subject, r.z,
                                    r.foreground_fraction, active=True)
                           for key, r, scan_id in zip(keys, records, batch["scan_id"]))
-    return rows.append_column("bytes", pa.array([size] * len(keys), pa.int64()))
+    rows = rows.append_column("bytes", pa.array([size] * len(keys), pa.int64()))
+    return rows.append_column("error", pa.array([error] * len(keys), pa.string()))
 
 
 def write_shards(processed: ray.data.Dataset, skip: set[str], settings: IngestSettings, run_id: str) -> pa.Table:
