@@ -143,6 +143,7 @@ def run(config: PretrainConfig) -> PretrainResult:
     from mlflow.tracking import MlflowClient
 
     logging.basicConfig(level=logging.INFO, format="[pretrain] %(message)s")
+    config.data.store.retries.export()  # MLflow's S3 artifact uploads (registration) retry alike
     connect_ray()
     require_shared_storage({"data.manifest": config.data.manifest, "checkpoint.storage_path": config.checkpoint.storage_path})
     data = data_resources(config)
