@@ -255,11 +255,11 @@ class ManifestStore:
         return commit.version
 
     def sweep_uncommitted(self) -> None:
-        """Delete the shard and table folders of runs that died before their commit, and abort the uploads
+        """Delete the shard, table and QC folders of runs that died before their commit, and abort the uploads
         they left unfinished (one writer per root)."""
         abort_unfinished_uploads(self.storage, self.uri)
         committed = self.committed_runs()
-        for parent in (SHARDS_FOLDER, "manifest/runs"):
+        for parent in (SHARDS_FOLDER, "manifest/runs", "qc"):
             listing = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{parent}", allow_not_found=True))
             for info in listing:
                 if info.type == pafs.FileType.Directory and info.base_name not in committed:
