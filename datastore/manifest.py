@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from braindino.volumes import PreprocessSpec
-from datastore.files import ensure_parent, write_bytes
+from datastore.files import abort_unfinished_uploads, write_bytes
 from datastore.objectstore import ObjectStoreConfig
 from datastore.shards import SHARDS_FOLDER
 
@@ -191,6 +191,7 @@ class ManifestStore:
 
     def __init__(self, root: str, storage: ObjectStoreConfig) -> None:
         self.fs, self.root = storage.resolve(root)
+        self.uri, self.storage = root, storage
 
     def versions(self) -> list[int]:
         selector = pafs.FileSelector(f"{self.root}/manifest", allow_not_found=True)
@@ -227,12 +228,12 @@ class ManifestStore:
     def write_tables(self, run_id: str, tables: dict[str, pa.Table]) -> dict[str, str]:
         """Write a run's full ``scans``, ``slices`` and ``labels`` (invisible until ``commit``); returns
         their paths relative to the root."""
-        folder = f"manifest/runs/{run_id}"
-        ensure_parent(self.fs, f"{self.root}/{folder}/scans.parquet")
         paths = {}
         for name in TABLES:
-            paths[name] = f"{folder}/{name}.parquet"
-            pq.write_table(tables[name], f"{self.root}/{paths[name]}", filesystem=self.fs)
+            paths[name] = f"manifest/runs/{run_id}/{name}.parquet"
+            buffer = pa.BufferOutputStream()
+            pq.write_table(tables[name], buffer)
+            write_bytes(self.fs, f"{self.root}/{paths[name]}", buffer.getvalue().to_pybytes())
         return paths
 
     def commit(self, previous: Manifest, run_id: str, tables: dict[str, str], datasets: dict[str, dict[str, str]],
@@ -258,9 +259,11 @@ class ManifestStore:
         return commit.version
 
     def sweep_uncommitted(self) -> None:
-        """Delete the shard and table folders of runs that died before their commit (one writer per root)."""
+        """Delete the shard, table and QC folders of runs that died before their commit, and abort the uploads
+        they left unfinished (one writer per root)."""
+        abort_unfinished_uploads(self.storage, self.uri)
         committed = self.committed_runs()
-        for parent in (SHARDS_FOLDER, "manifest/runs"):
+        for parent in (SHARDS_FOLDER, "manifest/runs", "qc"):
             listing = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{parent}", allow_not_found=True))
             for info in listing:
                 if info.type == pafs.FileType.Directory and info.base_name not in committed:

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from datastore.files import ensure_parent
+from datastore.files import write_bytes
 
 SAMPLE_FORMAT_VERSION = 1
 SAMPLE_DTYPE = np.float16
@@ -114,15 +114,20 @@ def npy_header(shape: tuple[int, ...]) -> bytes:
 
 
 def write_shard(fs: pafs.FileSystem, path: str, samples: Iterable[Sample]) -> int:
-    """Stream samples into one tar at ``path``; returns the bytes written."""
-    ensure_parent(fs, path)
-    with fs.open_output_stream(path) as stream, tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+    """Write samples as one tar at ``path``, whole or not at all (``write_bytes``); returns its size.
+
+    The tar is built in memory first (a shard is tens of MB), so a failure while building it or
+    uploading it never leaves a truncated tar that a reader would take for a smaller shard.
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for key, image, record in samples:
             for suffix, data in (("npy", npy_bytes(image)), ("json", record.to_json())):
                 info = tarfile.TarInfo(f"{key}.{suffix}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    return fs.get_file_info(path).size
+    write_bytes(fs, path, buffer.getvalue())
+    return buffer.tell()
 
 
 def read_shard(fs: pafs.FileSystem, path: str) -> Iterator[Sample]:

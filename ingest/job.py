@@ -12,6 +12,12 @@ Stages:
    folders of runs that died before their commit are deleted.
 
 A run that dies anywhere before step 4's commit leaves only unreferenced files; the rerun redoes it.
+
+The object store is retried under ``settings.storage.retries``. A scan whose bytes cannot be read, or
+whose volume cannot be written, once the retries are spent fails alone: it is reported (status
+``store_unavailable``, naming the object and the last error), left out of the manifest (its half-written
+volume is never referenced) and picked up by the next run; the other scans land. A shard, table or
+commit that cannot be written fails the run before its commit (``StoreUnavailable``).
 """
 
 from __future__ import annotations
@@ -31,16 +37,17 @@ from ray.data import TaskPoolStrategy
 
 from braindino.volumes import Slice
 from datastore.manifest import SCANS_SCHEMA, SLICES_SCHEMA, Manifest, ManifestStore, ScanRow, SliceRow
+from datastore.retry import RETRIES, StoreUnavailable, describe, store_errors
 from datastore.shards import SAMPLE_DTYPE, Sample, SampleRecord, sample_key, sample_stack, shard_path, write_shard
 from datastore.upgrade import upgrade_manifest
-from datastore.volumes import open_root, prepare_root, write_volume
+from datastore.volumes import ZARR_FOLDER, open_root, prepare_root, write_volume
 from ingest.ledger import next_labels, next_tables, same_rows, unchanged_content
 from ingest.planning import ScanTask, checked_preprocess, label_rows, plan_tasks
 from ingest.process import ScanResult, process_scan
 from ingest.qc import write_qc
 from ingest.report import IngestReport
 from ingest.settings import INGEST_VERSION, IngestSettings
-from ingest.sources import read_payload
+from ingest.sources import read_payload, unit_uri
 from ingest.spec import DatasetSpec
 
 FaultHook = Callable[[str], None]
@@ -48,7 +55,10 @@ FaultHook = Callable[[str], None]
 Progress = Callable[[str, int, str], ContextManager[Callable[[int], None]]]
 SLICE_COLUMNS = [("images", pa.binary()), ("z", pa.list_(pa.int32())), ("foreground", pa.list_(pa.float64()))]
 SAMPLE_COLUMNS = ("volume_id", "scan_id", "dataset", "subject", "session", "sequence", "spacing")
-WRITTEN_SCHEMA = SLICES_SCHEMA.append(pa.field("bytes", pa.int64()))  # a slice row and the size of its shard
+# a slice row, the size of its shard, and why the shard could not be written (null when it was)
+WRITTEN_SCHEMA = SLICES_SCHEMA.append(pa.field("bytes", pa.int64())).append(pa.field("error", pa.string()))
+UNIT_SCHEMA = SCANS_SCHEMA.append(pa.field("store_retries", pa.int64()))  # a scan row and the retries it took
+STORE_UNAVAILABLE = "store_unavailable"  # a unit's status when the store failed it: not in the manifest, retried
 
 
 def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: FaultHook | None = None,
@@ -58,7 +68,7 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     ``fault_hook(stage)`` is called at ``"before_commit"``, after every data file is written; tests
     raise there to simulate a job killed before its commit. ``progress`` is told of each processed scan.
     """
-    started = time.monotonic()
+    started, retries_before = time.monotonic(), RETRIES.count
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     upgrade_manifest(settings.output, settings.storage, settings.preprocess)
     store = ManifestStore(settings.output, settings.storage)
@@ -69,19 +79,31 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     labels = next_labels(previous, label_rows(specs, settings.storage))
     licences = {s.name: {"licence": s.licence, "citation": s.citation, "source": s.source} for s in specs}
     if not tasks and same_rows(labels, previous.labels) and all(previous.datasets.get(n) == v for n, v in licences.items()):
-        report.seconds = time.monotonic() - started
-        return report
+        return finished(report, started, retries_before)
 
-    scan_rows, slices, shard_bytes, skip = process_tasks(tasks, previous, specs, settings, run_id, progress)
-    scans, all_slices = next_tables(previous, scan_rows, slices)
-    tables = store.write_tables(run_id, {"scans": scans, "slices": all_slices, "labels": labels})
-    if fault_hook:
-        fault_hook("before_commit")
-    report.manifest_version = store.commit(previous, run_id, tables, licences, preprocess)
+    try:
+        scan_rows, slices, shard_bytes, skip, unit_retries = process_tasks(tasks, previous, specs, settings, run_id, progress)
+        failed = [r for r in scan_rows if r.status == STORE_UNAVAILABLE]
+        scan_rows = [r for r in scan_rows if r.status != STORE_UNAVAILABLE]
+        report.failed = [{"dataset": r.dataset, "source_key": r.source_key, "reason": r.reason, "detail": r.detail}
+                         for r in failed]
+        report.store_retries = unit_retries
+        fresh = [r for r in scan_rows if r.volume_id not in skip]
+        report.qc, report.qc_error = qc_montages(fresh, settings, run_id)
+        if not scan_rows and same_rows(labels, previous.labels) and all(previous.datasets.get(n) == v
+                                                                         for n, v in licences.items()):
+            return finished(report, started, retries_before)  # every unit failed: nothing to commit
+        scans, all_slices = next_tables(previous, scan_rows, slices)
+        tables = store.write_tables(run_id, {"scans": scans, "slices": all_slices, "labels": labels})
+        if fault_hook:
+            fault_hook("before_commit")
+        report.manifest_version = store.commit(previous, run_id, tables, licences, preprocess)
+    except store_errors() as err:
+        raise StoreUnavailable(f"ingest run {run_id} committed nothing (the manifest stays at v{previous.version}): "
+                               f"{describe(err)}. Rerun once the store answers: the ledger redoes what is missing") from err
     report.committed = True
     store.sweep_uncommitted()
 
-    fresh = [r for r in scan_rows if r.volume_id not in skip]
     report.scans_ok = sum(r.status == "ok" for r in fresh)
     report.quarantined = [{"dataset": r.dataset, "source_key": r.source_key, "reason": r.reason, "detail": r.detail}
                           for r in fresh if r.status == "quarantined"]
@@ -89,21 +111,39 @@ def run_ingest(specs: list[DatasetSpec], settings: IngestSettings, fault_hook: F
     report.shards = sorted(shard_bytes)
     report.bytes_read = sum(r.size for r in scan_rows)
     report.bytes_written = sum(shard_bytes.values())
-    report.qc = write_qc(fresh, settings.output, settings.storage, run_id)
+    return finished(report, started, retries_before)
+
+
+def finished(report: IngestReport, started: float, retries_before: int) -> IngestReport:
+    """``report`` with the run's time and every store retry of the driver and the workers."""
+    report.store_retries += RETRIES.count - retries_before
     report.seconds = time.monotonic() - started
     return report
 
 
+def qc_montages(scans: list[ScanRow], settings: IngestSettings, run_id: str) -> tuple[dict[str, str], str]:
+    """The run's QC montages (before the commit, so that a run never fails after it), and why they are
+    missing when the store refused them: a QC failure is reported, not fatal."""
+    try:
+        return write_qc(scans, settings.output, settings.storage, run_id), ""
+    except store_errors() as err:
+        return {}, f"QC montages not written: {describe(err)}"
+
+
 def process_tasks(tasks: list[ScanTask], previous: Manifest, specs: list[DatasetSpec], settings: IngestSettings,
-                  run_id: str, progress: Progress | None = None) -> tuple[list[ScanRow], pa.Table, dict[str, int], set[str]]:
+                  run_id: str, progress: Progress | None = None) -> tuple[list[ScanRow], pa.Table, dict[str, int], set[str], int]:
     """Process every task on Ray Data and write the new slices' shards.
 
-    Returns the scan rows, the new ``slices`` rows, each written shard's size, and the volume ids whose
-    content the ledger already holds (their slices are not written again).
+    Returns the scan rows (``store_unavailable`` ones included), the new ``slices`` rows, each written
+    shard's size, the volume ids whose content the ledger already holds (their slices are not written
+    again), and the store retries the workers made for the units.
     """
     if not tasks:
-        return [], SLICES_SCHEMA.empty_table(), {}, set()
-    prepare_root(settings.output, settings.storage, sorted({task.dataset for task in tasks}))
+        return [], SLICES_SCHEMA.empty_table(), {}, set(), 0
+    try:
+        prepare_root(settings.output, settings.storage, sorted({task.dataset for task in tasks}))
+    except store_errors() as err:
+        raise StoreUnavailable(f"{settings.output.rstrip('/')}/{ZARR_FOLDER}: {describe(err)}") from err
     processing = (
         ray.data.from_items([task.as_row() for task in tasks], override_num_blocks=len(tasks))
         .map_batches(process_units, batch_size=1, batch_format="pyarrow",
@@ -116,16 +156,20 @@ def process_tasks(tasks: list[ScanTask], previous: Manifest, specs: list[Dataset
             blocks += bundle.block_refs
             advance(bundle.num_rows() or 0)
     processed = ray.data.from_arrow_refs(blocks)
-    scan_rows = ScanRow.rows(collect(processed.select_columns(SCANS_SCHEMA.names), SCANS_SCHEMA))
+    units = collect(processed.select_columns(UNIT_SCHEMA.names), UNIT_SCHEMA)
+    scan_rows = ScanRow.rows(units)
     skip = unchanged_content(previous, scan_rows)
     has_slices = any(r.slices_kept for r in scan_rows if r.volume_id not in skip)
     written = write_shards(processed, skip, settings, run_id) if has_slices else WRITTEN_SCHEMA.empty_table()
+    errors = sorted(set(written.filter(written["error"].is_valid())["error"].to_pylist()))
+    if errors:
+        raise StoreUnavailable(f"{len(errors)} shards not written, e.g. {errors[0]}")
     shards_of: dict[str, set[str]] = defaultdict(set)
     for volume_id, shard in zip(written["volume_id"].to_pylist(), written["shard"].to_pylist()):
         shards_of[volume_id].add(shard)
     scan_rows = [replace(row, shards=sorted(shards_of.get(row.volume_id, ()))) for row in scan_rows]
     shard_bytes = dict(zip(written["shard"].to_pylist(), written["bytes"].to_pylist()))
-    return scan_rows, written.select(SLICES_SCHEMA.names), shard_bytes, skip
+    return scan_rows, written.select(SLICES_SCHEMA.names), shard_bytes, skip, sum(units["store_retries"].to_pylist())
 
 
 def collect(dataset: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
@@ -140,34 +184,47 @@ def process_units(batch: pa.Table, settings: IngestSettings, specs: dict[str, Da
 
     A plain function, so Ray runs it in pooled worker processes that stay warm across runs.
     """
-    rows, kept = [], []
+    rows, kept, retries = [], [], []
     for task in map(ScanTask.from_row, batch.to_pylist()):
+        before = RETRIES.count
         row, slices = process_unit(task, settings, specs[task.dataset], run_id)
         rows.append(row)
         kept.append(slices)
+        retries.append(RETRIES.count - before)
     columns = [
         [sample_stack([s.image for s in slices]).tobytes() for slices in kept],
         [[s.z for s in slices] for slices in kept],
         [[s.foreground_fraction for s in slices] for slices in kept],
     ]
-    table = ScanRow.table(rows)
+    table = ScanRow.table(rows).append_column("store_retries", pa.array(retries, pa.int64()))
     for (name, arrow_type), values in zip(SLICE_COLUMNS, columns):
         table = table.append_column(name, pa.array(values, arrow_type))
     return table
 
 
 def process_unit(task: ScanTask, settings: IngestSettings, spec: DatasetSpec, run_id: str) -> tuple[ScanRow, list[Slice]]:
-    """One unit: fetch, process, store the volume; returns its scans row and its kept slices."""
-    if task.problem:
-        result = ScanResult(task.key, "", reason="unmatched_subject", detail=task.problem)
-    else:
-        payload = read_payload(spec.source, task.unit, settings.storage, anonymous_names=spec.redact_keys)
-        result = process_scan(payload, settings.preprocess, settings.policy)
-    row = scan_row(task, result, run_id)
-    if result.ok:
-        root = open_root(settings.output, settings.storage, mode="r+")
-        row = replace(row, zarr_path=write_volume(root, spec.name, row.volume_id, result.volume, zarr_attrs(row, result)))
-    return row, result.slices
+    """One unit: fetch, process, store the volume; returns its scans row and its kept slices.
+
+    When the store fails the unit (after its retries) the row's status is ``store_unavailable`` and it
+    has no slices.
+    """
+    try:
+        if task.problem:
+            result = ScanResult(task.key, "", reason="unmatched_subject", detail=task.problem)
+        else:
+            payload = read_payload(spec.source, task.unit, settings.storage, anonymous_names=spec.redact_keys)
+            result = process_scan(payload, settings.preprocess, settings.policy)
+        row = scan_row(task, result, run_id)
+        if result.ok:
+            root = open_root(settings.output, settings.storage, mode="r+")
+            row = replace(row, zarr_path=write_volume(root, spec.name, row.volume_id, result.volume, zarr_attrs(row, result)))
+        return row, result.slices
+    except store_errors() as err:
+        where = unit_uri(spec.source, task.unit)
+        detail = (f"{task.key}: the object store failed after its retries ({type(err).__name__})" if spec.redact_keys
+                  else f"{where}: {describe(err)}")
+        failed = ScanResult(task.key, "", reason=STORE_UNAVAILABLE, detail=detail)
+        return replace(scan_row(task, failed, run_id), status=STORE_UNAVAILABLE), []
 
 
 def scan_row(task: ScanTask, result: ScanResult, run_id: str) -> ScanRow:
@@ -207,7 +264,8 @@ def explode_slices(row: dict[str, Any], skip: set[str], slice_size: int) -> list
 def write_shard_block(batch: dict[str, np.ndarray], settings: IngestSettings, run_id: str) -> pa.Table:
     """Ray Data map_batches over blocks of ``shard_size`` shuffled slices: one tar per block.
 
-    Returns the block's ``slices`` rows plus the shard's size in ``bytes``; no pixels.
+    Returns the block's ``slices`` rows plus the shard's size in ``bytes`` and, when the store refused it, the
+    ``error`` naming the shard (the driver fails the run with it); no pixels.
     """
     fs, root = settings.storage.resolve(settings.output)
     keys = [str(k) for k in batch["sample_key"]]
@@ -220,11 +278,16 @@ def write_shard_block(batch: dict[str, np.ndarray], settings: IngestSettings, ru
             batch["dataset"], batch["subject"], batch["session"], batch["sequence"], batch["volume_id"], batch["z"],
             batch["foreground_fraction"], batch["spacing"])
     ]
-    size = write_shard(fs, f"{root}/{shard}", map(Sample, keys, batch["image"], records))
+    size, error = 0, None
+    try:
+        size = write_shard(fs, f"{root}/{shard}", map(Sample, keys, batch["image"], records))
+    except store_errors() as err:  # returned, not raised: Ray Data would drop the message and the object's name
+        error = f"{settings.output.rstrip('/')}/{shard}: {describe(err)}"
     rows = SliceRow.table(SliceRow(shard, key, r.volume_id, str(scan_id), r.dataset, r.subject, r.z,
                                    r.foreground_fraction, active=True)
                           for key, r, scan_id in zip(keys, records, batch["scan_id"]))
-    return rows.append_column("bytes", pa.array([size] * len(keys), pa.int64()))
+    rows = rows.append_column("bytes", pa.array([size] * len(keys), pa.int64()))
+    return rows.append_column("error", pa.array([error] * len(keys), pa.string()))
 
 
 def write_shards(processed: ray.data.Dataset, skip: set[str], settings: IngestSettings, run_id: str) -> pa.Table:

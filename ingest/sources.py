@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from datastore.files import read_object
 from datastore.objectstore import ObjectStoreConfig
 from ingest.readers import FORMAT_SUFFIXES, ScanPayload
 from ingest.spec import DatasetSpec
@@ -105,14 +106,13 @@ def read_payload(source: str, unit: ScanUnit, storage: ObjectStoreConfig, anonym
     With ``anonymous_names`` each file is named by its position and format suffix only, so that no
     reader message can repeat a name that identifies a person. ``compression=None``: pyarrow would
     otherwise inflate ``.gz`` objects on the fly, hiding a truncated gzip from the readers (and
-    changing the content digest).
+    changing the content digest). Raises ``datastore.retry.StoreUnavailable`` naming the object when
+    the store still fails after its retries.
     """
-    fs, root = storage.resolve(source)
     files = {}
     for index, obj in enumerate(unit.files):
         name = PurePosixPath(obj.key).name
-        with fs.open_input_stream(f"{root}/{obj.key}", compression=None) as stream:
-            files[anonymous_name(index, name) if anonymous_names else name] = stream.read()
+        files[anonymous_name(index, name) if anonymous_names else name] = read_object(storage, f"{source.rstrip('/')}/{obj.key}")
     return ScanPayload(unit_uri(source, unit), files)
 
 

@@ -104,6 +104,7 @@ EXPECTED = (
     ("datastore.manifest", "ManifestLayoutError", ""),
     ("ingest.planning", "PreprocessMismatch", "preprocessing differs from the output root's: "),
     ("ingest.lease", "LeaseHeld", "ingest refused: "),
+    ("datastore.retry", "StoreUnavailable", "object storage failed after its retries: "),
     ("pipelines.registry", "RegistryError", ""),
     ("pipelines.train.resources", "ClusterTooSmall", "pretrain cannot start: "),
     ("pipelines.train.loop", "TrainingDiverged", "pretrain stopped: "),

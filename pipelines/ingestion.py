@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from braindino.config import flatten, to_dict
+from datastore.retry import StoreUnavailable
 from datastore.upgrade import upgrade_manifest
 from ingest.job import FaultHook, run_ingest
 from ingest.lease import checking, hold_lease
@@ -52,6 +53,7 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
         "output": f"{output} (manifest/, shards/, zarr/, qc/)",
         "MLflow": f"experiment {config.tracking.experiment!r} at {config.tracking.resolved_uri()}",
     })
+    config.ingest.storage.retries.export()  # MLflow's S3 artifact uploads retry alike
     connect_ray(config.ray_cpus)
     require_shared_storage({"ingest.output": config.ingest.output, **{f"{s.name}.source": s.source for s in specs}})
     with hold_lease(config.ingest.output, config.ingest.storage, owner="braindino ingest") as lease:
@@ -59,6 +61,8 @@ def ingest(config: IngestConfig, fault_hook: FaultHook | None = None) -> IngestR
     out.say(report.summary())
     for item in report.quarantined:
         out.warn(f"quarantined {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
+    for item in report.failed:
+        out.warn(f"not ingested {item['dataset']}/{item['source_key']}: {item['reason']}: {item['detail']}")
     run_id = log_run(config, specs, report)
     out.summary({
         "manifest": f"{output}/manifest/v{report.manifest_version:06d}.json",
@@ -99,6 +103,8 @@ def log_run(config: IngestConfig, specs: list[DatasetSpec], report: IngestReport
         mlflow.log_metrics(report.metrics())
         mlflow.log_text(report.summary(), "summary.txt")
         mlflow.log_dict({"by_reason": report.by_reason(), "quarantined": report.quarantined}, "quarantine.json")
+        if report.failed:
+            mlflow.log_dict({"store_unavailable": report.failed}, "failed.json")
         with tempfile.TemporaryDirectory() as tmp:
             fs, _ = settings.storage.resolve(settings.output)
             for dataset, uri in report.qc.items():

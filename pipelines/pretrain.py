@@ -149,6 +149,7 @@ def run(config: PretrainConfig) -> PretrainResult:
         "manifest": config.data.manifest, "checkpoints": config.checkpoint.storage_path,
         "MLflow": f"experiment {config.tracking.experiment!r} at {config.tracking.resolved_uri()}",
     })
+    config.data.store.retries.export()  # MLflow's S3 artifact uploads (registration) retry alike
     index = shard_index(config.data.manifest, config.data.store)
     connect_ray()
     require_shared_storage({"data.manifest": config.data.manifest, "checkpoint.storage_path": config.checkpoint.storage_path})
