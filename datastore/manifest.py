@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from braindino.volumes import PreprocessSpec
-from datastore.files import ensure_parent, write_bytes
+from datastore.files import delete_folder, ensure_parent, write_bytes
 from datastore.objectstore import ObjectStoreConfig
 from datastore.shards import SHARDS_FOLDER
 
@@ -190,6 +190,7 @@ class ManifestStore:
     """Reads the latest committed manifest under ``root`` and commits new versions."""
 
     def __init__(self, root: str, storage: ObjectStoreConfig) -> None:
+        self.storage = storage
         self.fs, self.root = storage.resolve(root)
 
     def versions(self) -> list[int]:
@@ -264,4 +265,4 @@ class ManifestStore:
             listing = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{parent}", allow_not_found=True))
             for info in listing:
                 if info.type == pafs.FileType.Directory and info.base_name not in committed:
-                    self.fs.delete_dir(info.path)
+                    delete_folder(self.fs, info.path, self.storage)
