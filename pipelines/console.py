@@ -40,6 +40,7 @@ class Console:
         self.log_path = log_path
         self.verbose = verbose
         self.started = time.monotonic()
+        self.live_bars = 0  # terminal progress bars on screen: lines are printed above them
 
     @property
     def out(self) -> TextIO:
@@ -51,7 +52,12 @@ class Console:
         return self.diverted[1] if self.diverted else sys.stderr
 
     def say(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        if self.live_bars:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.out)
+        else:
+            print(text, file=self.out, flush=True)
 
     def intro(self, doing: str, details: dict[str, object] = {}) -> None:
         """The first lines: ``braindino JOB: DOING`` and the inputs, outputs and places to look."""
@@ -82,9 +88,13 @@ class Console:
         if self.out.isatty():
             from tqdm import tqdm
 
-            with tqdm(total=total, desc=f"  {label}", unit=f" {unit}", file=self.out, dynamic_ncols=True,
-                      disable=False) as bar:
-                yield bar.update
+            self.live_bars += 1
+            try:
+                with tqdm(total=total, desc=f"  {label}", unit=f" {unit}", file=self.out, dynamic_ncols=True,
+                          disable=False) as bar:
+                    yield bar.update
+            finally:
+                self.live_bars -= 1
             return
         line = PlainProgress(label, total, unit, self.say, float(os.environ.get(PROGRESS_SECONDS_ENV, 30)))
         yield line.advance
