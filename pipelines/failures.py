@@ -18,6 +18,7 @@ from typing import Callable
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+_entered = False  # whether this process runs a command through ``entry``
 
 
 class UserFacingError(Exception):
@@ -51,9 +52,6 @@ def entry(main: Callable[[list[str] | None], object], argv: list[str] | None = N
         _finish(line, EXIT_USER_ERROR)
 
 
-_entered = False
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -62,7 +60,7 @@ def reclaim_sigterm() -> None:
     """Make SIGTERM an interruption again after ``ray.init`` (a no-op outside ``entry``).
 
     ``ray.init`` replaces the handler with a bare exit and its core worker then installs a native one that
-    aborts the process: either way the local Ray this driver started would die without its shutdown.
+    aborts the process: either way the driver would end without shutting down the local Ray it started.
     """
     if _entered and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
