@@ -76,3 +76,20 @@ def abort_unfinished_uploads(storage: ObjectStoreConfig, root: str) -> int:
             client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
             aborted += 1
     return aborted
+
+
+def delete_folder(fs: pafs.FileSystem, path: str, storage: ObjectStoreConfig) -> None:
+    """Delete the folder ``path`` and everything under it.
+
+    On S3 the objects under the prefix are deleted through boto3: pyarrow's deletions leave the parent
+    behind as a zero-byte ``parent/`` folder-marker object.
+    """
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.delete_dir(path)
+        return
+    bucket, _, prefix = path.partition("/")
+    client = storage.boto3_client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix.rstrip('/')}/"):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})

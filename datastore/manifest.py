@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from braindino.volumes import PreprocessSpec
-from datastore.files import abort_unfinished_uploads, write_bytes
+from datastore.files import abort_unfinished_uploads, delete_folder, write_bytes
 from datastore.objectstore import ObjectStoreConfig
 from datastore.shards import SHARDS_FOLDER
 
@@ -267,4 +267,4 @@ class ManifestStore:
             listing = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{parent}", allow_not_found=True))
             for info in listing:
                 if info.type == pafs.FileType.Directory and info.base_name not in committed:
-                    self.fs.delete_dir(info.path)
+                    delete_folder(self.fs, info.path, self.storage)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,7 @@ class Console:
         self.log_path = log_path
         self.verbose = verbose
         self.started = time.monotonic()
+        self.live_bars = 0  # terminal progress bars on screen: lines are printed above them
 
     @property
     def out(self) -> TextIO:
@@ -50,7 +52,12 @@ class Console:
         return self.diverted[1] if self.diverted else sys.stderr
 
     def say(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        if self.live_bars:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.out)
+        else:
+            print(text, file=self.out, flush=True)
 
     def intro(self, doing: str, details: dict[str, object] = {}) -> None:
         """The first lines: ``braindino JOB: DOING`` and the inputs, outputs and places to look."""
@@ -81,13 +88,50 @@ class Console:
         if self.out.isatty():
             from tqdm import tqdm
 
-            with tqdm(total=total, desc=f"  {label}", unit=f" {unit}", file=self.out, dynamic_ncols=True,
-                      disable=False) as bar:
-                yield bar.update
+            self.live_bars += 1
+            try:
+                with tqdm(total=total, desc=f"  {label}", unit=f" {unit}", file=self.out, dynamic_ncols=True,
+                          disable=False) as bar:
+                    yield bar.update
+            finally:
+                self.live_bars -= 1
             return
         line = PlainProgress(label, total, unit, self.say, float(os.environ.get(PROGRESS_SECONDS_ENV, 30)))
         yield line.advance
         line.finish()
+
+    @contextmanager
+    def follow(self, label: str, total: int | None, unit: str, read_done: Callable[[], int | None],
+               every_s: float = 2.0) -> Iterator[None]:
+        """Progress of work done in other processes (Ray Train workers) while the block runs:
+        ``read_done()`` (how much is done, or None when unknown) is polled every ``every_s`` seconds, and once more at the end."""
+        stop = threading.Event()
+        with self.progress(label, total, unit) as advance:
+            shown = 0
+
+            def catch_up() -> None:
+                nonlocal shown
+                try:
+                    done = read_done()
+                except Exception:  # noqa: BLE001 - progress is a courtesy: an unreadable count never stops the job
+                    logging.getLogger(f"braindino.{self.job}").warning("progress of %s unreadable", label, exc_info=True)
+                    return
+                if done is not None and done > shown:
+                    advance(done - shown)
+                    shown = done
+
+            def poll() -> None:
+                while not stop.wait(every_s):
+                    catch_up()
+
+            poller = threading.Thread(target=poll, name=f"progress {label}", daemon=True)
+            poller.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                poller.join()
+            catch_up()
 
 
 class PlainProgress:

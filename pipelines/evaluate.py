@@ -70,12 +70,14 @@ def run(config: EvaluateConfig) -> EvaluationResult:
                              "baselines": ", ".join(e.label for e in encoders[1:])})
             mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(config)).items()})
             result = EvaluationResult(run_id, [], {})
-            for path, task, spec_digest in tasks:
-                outcome = evaluate_task(task, path, config, encoders, artifacts, device, log=out.say)
-                result.outcomes[task.name] = outcome
-                result.rows += outcome.rows
-                if config.register.enabled and encoders[0].label in outcome.reference:
-                    result.heads[task.name] = register(outcome, encoders[0], spec_digest, config, artifacts, run_id, uri)
+            with out.progress("tasks", len(tasks), "tasks") as advance:
+                for path, task, spec_digest in tasks:
+                    outcome = evaluate_task(task, path, config, encoders, artifacts, device, log=out.say)
+                    result.outcomes[task.name] = outcome
+                    result.rows += outcome.rows
+                    if config.register.enabled and encoders[0].label in outcome.reference:
+                        result.heads[task.name] = register(outcome, encoders[0], spec_digest, config, artifacts, run_id, uri)
+                    advance(1)
             log_results(result, artifacts)
     out.say(markdown_table(result.rows))
     out.summary({"MLflow run": f"{run_id} (experiment {config.tracking.experiment!r} at {uri})",

@@ -12,11 +12,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Callable
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+_entered = False  # whether this process runs a command through ``entry``
 
 
 class UserFacingError(Exception):
@@ -25,6 +27,8 @@ class UserFacingError(Exception):
 
 def entry(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Run a command's ``main(argv)``; exit 2 with one line on an expected failure, 130 when interrupted."""
+    global _entered
+    _entered = True
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         main(argv)
@@ -50,6 +54,16 @@ def entry(main: Callable[[list[str] | None], object], argv: list[str] | None = N
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def reclaim_sigterm() -> None:
+    """Make SIGTERM an interruption again after ``ray.init`` (a no-op outside ``entry``).
+
+    ``ray.init`` replaces the handler with a bare exit and its core worker then installs a native one that
+    aborts the process: either way the driver would end without shutting down the local Ray it started.
+    """
+    if _entered and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _user_stderr():

@@ -12,7 +12,7 @@ import yaml
 
 from braindino.config import load_config, to_dict
 from pipelines.console import console, route_library_logs, route_worker_output
-from pipelines.failures import UserFacingError
+from pipelines.failures import UserFacingError, reclaim_sigterm
 
 T = TypeVar("T")
 
@@ -73,6 +73,7 @@ def connect_ray(num_cpus: int | None = None) -> None:
         ray.init(configure_logging=False)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+    reclaim_sigterm()
     if console().log_path:  # a command's console is open: Ray's output belongs in its log
         route_library_logs()
         route_worker_output()

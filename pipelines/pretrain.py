@@ -72,8 +72,11 @@ def fit_stage(config: PretrainConfig, stage: str, index: ShardIndex, plan: Stage
         ),
         datasets={"train": build_dataset(index, config, config.stage(stage), data, progress)},
     )
+    first = config.first_step(stage)
     try:
-        return trainer.fit()
+        with console().follow(f"{stage} steps", config.stage(stage).iterations, "steps",
+                              lambda: logged_iterations(plan, first)):
+            return trainer.fit()
     except TrainingFailedError as err:
         for failure in getattr(err, "worker_failures", {}).values():
             cause = getattr(failure, "_base_exc", failure)  # Ray Train wraps the worker's own exception
@@ -82,6 +85,14 @@ def fit_stage(config: PretrainConfig, stage: str, index: ShardIndex, plan: Stage
         raise
     finally:
         ray.kill(progress)
+
+
+def logged_iterations(plan: StagePlan, first: int) -> int | None:
+    """The stage's iterations done so far, as its rank 0 last logged them to the MLflow run (every ``eval.log_every``)."""
+    from mlflow.tracking import MlflowClient
+
+    done = MlflowClient(plan.tracking_uri).get_run(plan.run_id).data.metrics.get("iterations_done")
+    return None if done is None else max(0, int(done) - first)
 
 
 def data_resources(config: PretrainConfig) -> DataResources:

@@ -31,6 +31,7 @@ from braindino.volumes import PreprocessSpec
 from datastore.manifest import ScanRow
 from datastore.objectstore import ObjectStoreConfig
 from datastore.volumes import open_root, open_store, read_volume
+from pipelines.console import console
 from pipelines.evaluation.config import FeatureSettings
 from pipelines.registry import FetchedEncoder
 
@@ -137,9 +138,11 @@ def extract_features(scans: list[ScanRow], encoder: FetchedEncoder, spec: Featur
                   "preprocess": preprocess.to_json(), "spec": spec.to_dict(), "manifest_root": manifest_root,
                   "cache": cache, "storage": storage, "batch_size": settings.batch_size, "use_gpu": settings.use_gpu,
                   "threads": int(settings.cpus_per_actor)}
-        out = (ray.data.from_items(todo, override_num_blocks=len(todo))
-               .map_batches(VolumeEncoder, fn_constructor_kwargs=kwargs, batch_size=1, concurrency=settings.concurrency,
-                            num_cpus=settings.cpus_per_actor, num_gpus=1 if settings.use_gpu else 0)
-               .take_all())
-        encoded = int(sum(int(row["slices"]) for row in out))
+        volumes = (ray.data.from_items(todo, override_num_blocks=len(todo))
+                   .map_batches(VolumeEncoder, fn_constructor_kwargs=kwargs, batch_size=1, concurrency=settings.concurrency,
+                                num_cpus=settings.cpus_per_actor, num_gpus=1 if settings.use_gpu else 0))
+        with console().progress("volumes encoded", len(todo), "volumes") as advance:
+            for row in volumes.iter_rows():
+                encoded += int(row["slices"])
+                advance(1)
     return cache, ExtractionReport(len(rows), len(done), len(todo), encoded, time.monotonic() - started)

@@ -20,6 +20,7 @@ from braindino.evaluation.segmentation_task import KeptPrediction
 from braindino.evaluation.splits import SubjectSplit
 from braindino.features import volume_input
 from braindino.heads import trainable_parameters
+from datastore.files import write_bytes
 from pipelines.evaluation.config import EvaluateConfig, TaskSpec
 from pipelines.evaluation.data import TaskSamples, load_samples, task_split
 from pipelines.evaluation.encoders import EncoderUnderTest, check_preprocess
@@ -50,13 +51,6 @@ def read_text(uri: str, config: EvaluateConfig) -> str | None:
         return None
 
 
-def write_text(uri: str, text: str, config: EvaluateConfig) -> None:
-    fs, path = config.storage.resolve(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(text.encode())
-
-
 def evaluate_task(task: TaskSpec, task_file: str, config: EvaluateConfig, encoders: list[EncoderUnderTest],
                   artifacts: Path, device: str, log: Callable[[str], None] = print) -> TaskOutcome:
     samples = load_samples(task, config.manifest, config.storage)
@@ -65,7 +59,7 @@ def evaluate_task(task: TaskSpec, task_file: str, config: EvaluateConfig, encode
     split_uri = f"{config.output.rstrip('/')}/splits/{task.name}.json"
     split, reused = task_split(samples, read_text(split_uri, config))
     if not reused:
-        write_text(split_uri, split.to_json(), config)
+        write_bytes(*config.storage.resolve(split_uri), split.to_json().encode())
     log(f"[evaluate]   split {'reused' if reused else 'made and stored'} at {split_uri}: {len(split.folds)} fold(s), "
         f"{'stratified' if split.stratified else 'not stratified'}{' (' + split.note + ')' if split.note else ''}")
     folder = artifacts / "tasks" / task.name

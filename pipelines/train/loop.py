@@ -188,7 +188,8 @@ class StageTrainer:
         schedule values, the throughput window and the collapse watch; returns what was logged."""
         values = {**result.metrics, **{f"grad_norm_{k}": v for k, v in result.grad_norms.items()}}
         metrics = {**_mean_over_ranks(values), **schedule.as_metrics(), **window.read(),
-                   "stage": 1.0 if self.plan.stage == "stage1" else 2.0, "data_epoch": state.data.data_epoch}
+                   "stage": 1.0 if self.plan.stage == "stage1" else 2.0, "data_epoch": state.data.data_epoch,
+                   "iterations_done": state.step}  # what the driver's progress line follows
         collapsed = self.collapse.collapsed(step - self.first, metrics["student_feature_std"])
         metrics["collapse_warning"] = float(collapsed)
         if collapsed and self.rank == 0:

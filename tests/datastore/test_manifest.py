@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from braindino.volumes import PreprocessSpec
+from datastore.files import write_bytes
 from datastore.manifest import (MANIFEST_VERSION, Commit, LabelRow, Manifest, ManifestLayoutError,
                                 ManifestStore, ScanRow, SliceRow)
 from datastore.objectstore import ObjectStoreConfig
@@ -57,6 +59,37 @@ def test_tables_stay_invisible_until_the_version_file_is_committed(where, tmp_pa
     with pytest.raises(RuntimeError, match="another ingest wrote to this output root"):
         store.commit(Manifest.empty(), "run-2", stale, {}, spec)
     assert store.versions() == [1]
+
+
+def stored(storage: ObjectStoreConfig, root: str) -> dict[str, int]:
+    """Every object (S3 key, with its size) or file (path relative to the root) under ``root``."""
+    if root.startswith("s3://"):
+        bucket, prefix = root.removeprefix("s3://").split("/", 1)
+        listing = storage.boto3_client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", [])
+        return {item["Key"].removeprefix(f"{prefix}/"): item["Size"] for item in listing}
+    return {str(p.relative_to(root)): p.stat().st_size for p in Path(root).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_sweeping_a_dead_runs_folders_keeps_the_committed_run_and_leaves_no_folder_marker(where, tmp_path, object_store,
+                                                                                         bucket):
+    root, storage = (str(tmp_path / "out"), ObjectStoreConfig()) if where == "local" else (f"s3://{bucket}/out", object_store)
+    store = ManifestStore(root, storage)
+    store.commit(Manifest.empty(), "run-1", store.write_tables("run-1", tables()), {}, json.loads(SPEC.to_json()))
+    store.write_tables("run-2", tables())  # a run that died before its commit
+    for run in ("run-1", "run-2"):
+        write_bytes(store.fs, f"{store.root}/shards/{run}/a.tar", b"tar")
+        write_bytes(store.fs, f"{store.root}/shards/{run}/nested/b.tar", b"tar")
+    before = stored(storage, root)
+
+    store.sweep_uncommitted()
+    after = stored(storage, root)
+    assert after == {path: size for path, size in before.items() if "run-2" not in path}
+    assert {path for path in after if "run-1" in path} == {"shards/run-1/a.tar", "shards/run-1/nested/b.tar",
+                                                           *(f"manifest/runs/run-1/{t}.parquet" for t in tables())}
+    assert not [path for path in after if path.endswith("/")]  # no zero-byte folder marker on S3
+    if where == "local":
+        assert not (tmp_path / "out" / "shards" / "run-2").exists()
 
 
 def test_rows_round_trip_through_parquet_with_their_declared_types(tmp_path):

@@ -288,6 +288,13 @@ def test_the_run_is_logged_to_mlflow_with_summary_quarantine_list_and_qc_montage
         assert Image.open(io.BytesIO(png.read_bytes())).size[0] >= 128
 
 
+def test_the_bucket_holds_no_zero_byte_folder_marker_after_a_swept_run_and_a_commit(world, object_store, killed_then_rerun):
+    listing = object_store.boto3_client().get_paginator("list_objects_v2").paginate(Bucket=world["bucket"])
+    keys = {item["Key"]: item["Size"] for page in listing for item in page.get("Contents", [])}
+    assert any(key.startswith("out/shards/") for key in keys)
+    assert not {key: size for key, size in keys.items() if key.endswith("/")}
+
+
 def test_a_rerun_with_nothing_new_writes_nothing(world, killed_then_rerun):
     before = stored_objects(world)
     report = ingest(world["config"])

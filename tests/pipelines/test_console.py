@@ -164,3 +164,34 @@ def test_an_unexpected_error_keeps_its_traceback(capsys):
     assert exited.value.code == 1 and "Traceback" in err and "ZeroDivisionError: a bug" in err
     assert err.splitlines()[-1].startswith("error: unexpected error (a bug: please report it)")
     assert explain(ZeroDivisionError()) is None
+
+
+
+def test_progress_of_work_elsewhere_is_followed_in_plain_lines_and_caught_up_at_the_end(monkeypatch, capsys):
+    """``follow`` polls a count that other processes advance (pretraining's logged iterations) while the block runs."""
+    import time
+
+    from pipelines.console import Console
+
+    monkeypatch.setenv("BRAINDINO_PROGRESS_SECONDS", "0")
+    logged, reads = {"done": None}, []
+
+    def read_done():
+        reads.append(logged["done"])
+        return logged["done"]
+
+    def until(condition):
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with Console("job", None, None).follow("stage1 steps", 5, "steps", read_done, every_s=0.01):
+        until(lambda: None in reads)  # nothing logged yet: no line
+        logged["done"] = 2
+        until(lambda: 2 in reads)
+        logged["done"] = 5  # the last report lands as the block ends: read once more after it
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("  stage1 steps: 2/5 steps (40%), ") and lines[0].endswith("s left")
+    assert lines[1].startswith("  stage1 steps: 5/5 steps (100%), ")
+    assert lines[2].startswith("  stage1 steps: 5/5 steps (100%) in ")

@@ -4,7 +4,11 @@ changed scan re-extracted."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import sys
 from pathlib import Path
 
 import mlflow
@@ -104,12 +108,17 @@ def first_run(evaluation, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     tasks = [quick_task("bundled-sequence", root), quick_task("bundled-axial-position", root),
              quick_task("bundled-tumour", root)]
-    result, local = evaluation(tasks, root)
-    return result, local, root
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result, local = evaluation(tasks, root)
+    sys.stdout.write(printed.getvalue())
+    return result, local, root, printed.getvalue()
 
 
 def test_the_suite_reports_each_task_encoder_and_fraction_in_mlflow(first_run):
-    result, local, _ = first_run
+    result, local, _, printed = first_run
+    assert "  tasks: 3/3 tasks (100%) in " in printed  # the progress lines on a plain stdout
+    assert re.search(r"^  volumes encoded: (\d+)/\1 volumes \(100%\) in ", printed, re.MULTILINE), printed
     tasks = {"bundled-sequence": "macro_auc", "bundled-axial-position": "mae", "bundled-tumour": "dice"}
     encoders = {row.encoder for row in result.rows}
     assert len(encoders) == 2 and any(e.startswith("random-init (micro)") for e in encoders)
@@ -144,7 +153,7 @@ def test_the_suite_reports_each_task_encoder_and_fraction_in_mlflow(first_run):
 def test_heads_are_registered_with_their_encoder_task_and_split(first_run, candidate, tmp_path):
     from pipelines.registry import RegistryError, fetch_head, sha256_file
 
-    result, local, _ = first_run
+    result, local, _, _ = first_run
     mlflow.set_tracking_uri(tmp_path.as_uri())  # elsewhere: fetching must follow the tracking URI it is given
     client = MlflowClient(local.tracking_uri)
     digest = sha256_file(candidate / "encoder.safetensors")
@@ -171,7 +180,7 @@ def test_heads_are_registered_with_their_encoder_task_and_split(first_run, candi
 
 
 def test_a_second_run_reads_the_cache_and_the_stored_split(first_run, evaluation, tmp_path_factory):
-    _, _, root = first_run
+    _, _, root, _ = first_run
     result, _ = evaluation([str(root / "bundled-axial-position.yaml")], root, "register.enabled=false")
     outcome = result.outcomes["bundled-axial-position"]
     assert outcome.split_reused and outcome.split == first_run[0].outcomes["bundled-axial-position"].split
@@ -182,7 +191,7 @@ def test_a_changed_scan_is_re_extracted(first_run, evaluation, bundled, object_s
     from ingest.job import run_ingest
     from ingest.settings import IngestSettings
 
-    _, _, root = first_run
+    _, _, root, _ = first_run
     client = object_store.boto3_client()
     key = next(item["Key"] for item in client.list_objects_v2(Bucket=bundled["bucket"], Prefix="raw/colin27/")["Contents"])
     image = nib.load(str(entry("colin27_t1").path))

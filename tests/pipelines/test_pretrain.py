@@ -86,6 +86,9 @@ def test_the_readme_command_trains_both_stages_on_a_local_ray_of_this_machine(re
     config = readme_run["config"]
     end1, end2 = config.stage1.iterations, config.stage1.iterations + config.stage2.iterations
     assert f"stage1 done at step {end1}" in output and f"stage2 done at step {end2}" in output, output[-4000:]
+    for stage in config.stages():  # the driver's progress line, followed from the workers' MLflow reports
+        steps = config.stage(stage).iterations
+        assert f"  {stage} steps: {steps}/{steps} steps (100%) in " in output, output[-4000:]
     assert "[pretrain] stream: read + decode tasks at" in output
     assert run.info.status == "FINISHED" and run.data.tags["braindino.status"] == "finished"
     tags = run.data.tags
