@@ -152,6 +152,7 @@ def register_run(config: PretrainConfig, checkpoint_dir: str | Path, run_id: str
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    config.data.store.retries.export()  # MLflow's S3 artifact uploads retry under the store's policy
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)

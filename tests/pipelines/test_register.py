@@ -117,3 +117,30 @@ def test_register_job_prints_its_config_and_refuses_without_a_run(capsys, tmp_pa
     assert yaml.safe_load(printed)["data"]["store"]["secret_key"] is None
     with pytest.raises(UserFacingError, match="--run-id RUN --checkpoint PATH"):
         register_main(["--config", str(TINY)])
+
+
+def test_registration_through_a_throttling_store_reads_back_bit_identical_weights(flaky_store, tmp_path, monkeypatch):
+    """MLflow's artifacts in S3 behind the fault proxy: a third of the uploads answer 503 SlowDown; the
+    registration retries them (the store's policy, exported by register_run) and the version reads back whole."""
+    from infra.local.faults import Fault
+    from infra.local.services import LocalMlflow, create_bucket
+    from tests.registered import register_tiny_encoder
+
+    store, proxy = flaky_store
+    create_bucket(store, "registry-flaky")
+    for name in ("AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS"):
+        monkeypatch.delenv(name, raising=False)  # register_run exports them; restored after the test
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", store.endpoint_url)
+
+    class S3ArtifactMlflow(LocalMlflow):
+        artifact_root = "s3://registry-flaky/mlflow"
+
+    local = S3ArtifactMlflow(tmp_path / "mlflow")
+    local.root.mkdir()
+    with proxy.injecting(Fault("slow_down", ["put", "part"], rate=0.34, seed=3)):
+        version = register_tiny_encoder(local, tmp_path, PreprocessSpec())
+    assert proxy.injected("slow_down") > 0, "no upload was throttled: the test proved nothing"
+    fetched = fetch_encoder(f"models:/braindino-encoder/{version}", local.tracking_uri, tmp_path / "fetched")
+    recorded = MlflowClient(local.tracking_uri).get_model_version("braindino-encoder", version).tags["weights_sha256"]
+    weights = (fetched.directory / "encoder.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == recorded == fetched.weights_sha256
