@@ -105,8 +105,7 @@ def submit_job(address: str, script: str, args: list[str]) -> None:
     command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address,
                "--working-dir", str(repo), "--runtime-env-json", json.dumps(runtime_env), "--",
                python, f"pipelines/{script}", *args]
-    console().say(f"[submit] ray job submit --address {address} -- python pipelines/{script} {' '.join(args[:2])} ...",
-          flush=True)
+    console().say(f"[submit] ray job submit --address {address} -- python pipelines/{script} {' '.join(args[:2])} ...")
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     # The job's output (its driver's own lines; Ray's are in the driver's log file) is this command's output.
     subprocess.run(command, check=True, env=env, stdout=console().out)
