@@ -35,8 +35,10 @@ def entry(main: Callable[[list[str] | None], object], argv: list[str] | None = N
     except KeyboardInterrupt:
         stop_local_ray()
         _finish("interrupted; stopped", EXIT_INTERRUPTED)
-    except SystemExit:
+    except SystemExit as exit_:
         stop_local_ray()
+        if isinstance(exit_.code, str):  # sys.exit("message"): stderr may be the log file by now
+            _finish(exit_.code, EXIT_USER_ERROR)
         raise
     except BaseException as error:  # noqa: BLE001 - sorted into expected and unexpected right here
         stop_local_ray()

@@ -161,9 +161,9 @@ def run(config: PretrainConfig) -> PretrainResult:
         "MLflow": f"experiment {config.tracking.experiment!r} at {config.tracking.resolved_uri()}",
     })
     config.data.store.retries.export()  # MLflow's S3 artifact uploads (registration) retry alike
-    index = shard_index(config.data.manifest, config.data.store)
-    connect_ray()
+    connect_ray()  # first: on a cluster of several nodes, node-local paths are refused before anything is read
     require_shared_storage({"data.manifest": config.data.manifest, "checkpoint.storage_path": config.checkpoint.storage_path})
+    index = shard_index(config.data.manifest, config.data.store)
     data = data_resources(config)
     out.say(f"[pretrain] data: {describe(index)}")
     probe = probe_set(index, config.data.store, config.data.probe_slices_per_class)

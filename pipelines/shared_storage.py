@@ -8,7 +8,7 @@ such a run is refused before it starts rather than failing (or silently splittin
 
 from __future__ import annotations
 
-import sys
+from pipelines.failures import UserFacingError
 
 
 def is_shared(uri: str) -> bool:
@@ -18,7 +18,7 @@ def is_shared(uri: str) -> bool:
 
 
 def require_shared_storage(paths: dict[str, str]) -> None:
-    """Exit with a message naming each config key in ``paths`` that holds a node-local path, when the
+    """Refuse (``UserFacingError``) naming each config key in ``paths`` that holds a node-local path, when the
     connected Ray cluster has more than one live node (one node sees its own folders: no restriction)."""
     import ray
 
@@ -26,6 +26,6 @@ def require_shared_storage(paths: dict[str, str]) -> None:
     local = {key: path for key, path in paths.items() if path and not is_shared(path)}
     if nodes > 1 and local:
         named = "; ".join(f"{key}={path}" for key, path in local.items())
-        sys.exit(f"refused: {named} is a folder on this machine, but the Ray cluster has {nodes} nodes and the "
+        raise UserFacingError(f"refused: {named} is a folder on this machine, but the Ray cluster has {nodes} nodes and the "
                  "others cannot see it. Use object storage every node reaches (s3://bucket/prefix, with the "
                  "config's storage endpoint and keys) for these paths.")
