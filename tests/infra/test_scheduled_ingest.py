@@ -73,8 +73,8 @@ def test_the_s3_lease_rests_on_conditional_writes_the_server_enforces(object_sto
 
 
 def test_a_renewed_lease_is_not_taken_over(root, object_store):
-    with hold_lease(root, object_store, "long run", ttl_s=1.5) as lease:
-        time.sleep(2.5)  # longer than the TTL: only the renewals keep it
+    with hold_lease(root, object_store, "long run", ttl_s=4.0) as lease:
+        time.sleep(6.0)  # longer than the TTL: only the renewals keep it
         with pytest.raises(LeaseHeld, match="long run"):
             Lease(root, object_store, "intruder").acquire()
         lease.check()
