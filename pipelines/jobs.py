@@ -102,7 +102,8 @@ def submit_job(address: str, script: str, args: list[str]) -> None:
     ray = Path(sys.executable).parent / "ray"
     python = sys.executable if urlparse(address).hostname in ("127.0.0.1", "localhost", "::1") else "python"
     runtime_env = {"excludes": JOB_EXCLUDES, "env_vars": revision_env(repo)}
-    command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address,
+    color = "true" if console().out.isatty() else "false"  # Ray's "auto" colours output into files too
+    command = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", address, "--log-color", color,
                "--working-dir", str(repo), "--runtime-env-json", json.dumps(runtime_env), "--",
                python, f"pipelines/{script}", *args]
     console().say(f"[submit] ray job submit --address {address} -- python pipelines/{script} {' '.join(args[:2])} ...")
