@@ -199,6 +199,17 @@ def run_status_stage(config: DemoConfig, stack: LocalStack) -> None:
                              tracking=TrackingConfig(tracking_uri=stack.mlflow.tracking_uri)))
 
 
+def brief(prediction: dict) -> str:
+    """A prediction in one short line: per-slice values as their count, range and unit."""
+    slices = prediction.get("slices")
+    if not slices:
+        return str(prediction)
+    values = [item["value"] for item in slices if "value" in item]
+    if not values:
+        return f"{len(slices)} slices: {slices[0]} ..."
+    return f"{len(slices)} slices, values {min(values):.3g} to {max(values):.3g} ({slices[0].get('unit', '')})"
+
+
 def settled_heads(client, timeout_s: float = 180.0) -> list[dict]:
     """The heads ``/v1/models`` lists, once none is still deploying (or after ``timeout_s``)."""
     import time
@@ -234,7 +245,7 @@ def query_service(config: DemoConfig, url: str) -> None:
             path.write_bytes(labels)
             say(f"[demo] POST {url}/v1/segment/{head['task']}: labels {models['labels']} written to {path}")
         else:
-            say(f"[demo] POST {url}/v1/predict/{head['task']}: {client.predict(scan, head['task'])['prediction']}")
+            say(f"[demo] POST {url}/v1/predict/{head['task']}: {brief(client.predict(scan, head['task'])['prediction'])}")
     say(f"[demo]   the same from a shell: {TOKEN_ENV}=... braindino embed|predict|segment SCAN --url {url}")
 
 
