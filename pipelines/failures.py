@@ -26,32 +26,40 @@ class UserFacingError(Exception):
 
 
 def entry(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run a command's ``main(argv)``; exit 2 with one line on an expected failure, 130 when interrupted."""
+    """Run a command's ``main(argv)``; exit 2 with one line on an expected failure, 130 when interrupted.
+
+    On any failure the Ray the command started or joined is shut down; a Ray that was already up when the
+    command began (a notebook's, a test session's) belongs to its caller and stays.
+    """
     global _entered
     _entered = True
     signal.signal(signal.SIGTERM, _interrupt)
+    ray_was_up = _ray_is_up()
     try:
         main(argv)
-    except KeyboardInterrupt:
-        stop_local_ray()
+    except BaseException as error:  # noqa: BLE001 - sorted into expected and unexpected in _exit_for
+        if not ray_was_up:
+            _stop_local_ray()
+        _exit_for(error)
+
+
+def _exit_for(error: BaseException) -> None:
+    if isinstance(error, KeyboardInterrupt):
         _finish("interrupted; stopped", EXIT_INTERRUPTED)
-    except SystemExit as exit_:
-        stop_local_ray()
-        if isinstance(exit_.code, str):  # sys.exit("message"): stderr may be the log file by now
-            _finish(exit_.code, EXIT_USER_ERROR)
-        raise
-    except BaseException as error:  # noqa: BLE001 - sorted into expected and unexpected right here
-        stop_local_ray()
-        line = explain(error)
-        logged = _log_hint()  # the log file, once the command opened its console
-        if line is None:
-            if logged:
-                logging.getLogger("braindino").exception("unexpected error")
-            traceback.print_exc(file=_user_stderr())
-            _finish(f"unexpected error (a bug: please report it){logged}", 1)
+    if isinstance(error, SystemExit):
+        if isinstance(error.code, str):  # sys.exit("message"): stderr may be the log file by now
+            _finish(error.code, EXIT_USER_ERROR)
+        raise error
+    line = explain(error)
+    logged = _log_hint()  # the log file, once the command opened its console
+    if line is None:
         if logged:
-            logging.getLogger("braindino").error("%s", line)
-        _finish(line, EXIT_USER_ERROR)
+            logging.getLogger("braindino").error("unexpected error", exc_info=error)
+        traceback.print_exception(error, file=_user_stderr())
+        _finish(f"unexpected error (a bug: please report it){logged}", 1)
+    if logged:
+        logging.getLogger("braindino").error("%s", line)
+    _finish(line, EXIT_USER_ERROR)
 
 
 def _interrupt(signum, frame) -> None:
@@ -86,11 +94,15 @@ def _finish(line: str, code: int) -> None:
     raise SystemExit(code)
 
 
-def stop_local_ray() -> None:
-    """Shut down the Ray this process started or joined, so its local raylet and workers do not outlive it."""
+def _ray_is_up() -> bool:
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    return ray is not None and ray.is_initialized()
+
+
+def _stop_local_ray() -> None:
+    """Shut down the Ray this process started or joined, so its local raylet and workers do not outlive it."""
+    if _ray_is_up():
+        sys.modules["ray"].shutdown()
 
 
 def explain(error: BaseException) -> str | None:

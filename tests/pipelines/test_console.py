@@ -154,6 +154,17 @@ def test_an_unreachable_mlflow_server_is_one_line(monkeypatch, capsys):
                     "(MLFLOW_TRACKING_URI) at a running one")
 
 
+def test_a_failing_command_leaves_running_the_ray_its_caller_started(ray_session, capsys):
+    """Only a Ray the command itself started is shut down on failure; the test session's stays usable."""
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["pretrain", "--help"])
+    assert exited.value.code == 0
+    assert run_entry(lambda argv: sys.exit("refused"), capsys) == "error: refused"
+    assert ray_session.is_initialized() and ray_session.get(ray_session.put(7)) == 7
+
+
 def test_an_unexpected_error_keeps_its_traceback(capsys):
     def broken(argv):
         raise ZeroDivisionError("a bug")
