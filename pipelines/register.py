@@ -165,6 +165,7 @@ def register_run(config: PretrainConfig, checkpoint_dir: str | Path, run_id: str
         card = model_card(config, run, index, str(checkpoint_dir))
         (export / "MODEL_CARD.md").write_text(card)
         signature, example = encoder_signature(config.model.vit)
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)  # whatever this process used before
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="encoder", python_model=str(PYFUNC_CODE), artifacts={EXPORT_ARTIFACT: str(export)},

@@ -144,3 +144,21 @@ def test_registration_through_a_throttling_store_reads_back_bit_identical_weight
     recorded = MlflowClient(local.tracking_uri).get_model_version("braindino-encoder", version).tags["weights_sha256"]
     weights = (fetched.directory / "encoder.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == recorded == fetched.weights_sha256
+
+
+def test_registration_does_not_depend_on_the_experiment_this_process_used_before(tmp_path):
+    """A driver that tracked something else first (an ingest, another store) still registers into the run's own."""
+    from infra.local.services import LocalMlflow
+    from pipelines.tracking import TrackingConfig, use_experiment
+    from tests.registered import register_tiny_encoder
+
+    elsewhere = LocalMlflow(tmp_path / "elsewhere")
+    elsewhere.root.mkdir()
+    for experiment in ("braindino-ingest", "braindino-evaluate"):  # ids 1 and 2 there; the run's is 1 here
+        use_experiment(TrackingConfig(tracking_uri=elsewhere.tracking_uri, experiment=experiment,
+                                      artifact_root=elsewhere.artifact_root))
+    local = LocalMlflow(tmp_path / "mlflow")
+    local.root.mkdir()
+    version = register_tiny_encoder(local, tmp_path, PreprocessSpec())
+    registered = MlflowClient(local.tracking_uri).get_model_version("braindino-encoder", version)
+    assert registered.tags["source_run"] == registered.run_id
