@@ -17,6 +17,7 @@ import pytest
 from braindino.config import load_config
 from braindino.volumes import PreprocessSpec
 from infra.local.services import LocalMlflow, create_bucket
+from tests.overrides import store_overrides
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny-cpu.yaml"
 PREPROCESS = PreprocessSpec(spacing=(2.0, 2.0, 2.0), slice_size=96)
@@ -60,16 +61,13 @@ def ingested(object_store, ray_session):
 def tiny_overrides(object_store, ingested):
     """``tiny_overrides(root)``: ``--set`` items pointing the tiny config at the ingested shards, MLflow and
     checkpoints under ``root``."""
-    from dataclasses import asdict
-
-    store = {k: v for k, v in asdict(object_store).items() if v is not None}
 
     def build(root: Path) -> list[str]:
         mlflow = LocalMlflow(root / "mlflow")
         mlflow.root.mkdir(parents=True, exist_ok=True)
         return [
             f"data.manifest={ingested}",
-            *(f"data.store.{k}={v}" for k, v in store.items()),
+            *store_overrides("data.store", object_store),
             f"tracking.tracking_uri={mlflow.tracking_uri}",
             f"tracking.artifact_root={mlflow.artifact_root}",
             f"checkpoint.storage_path={root / 'ray_results'}",

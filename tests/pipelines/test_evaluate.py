@@ -26,6 +26,7 @@ from braindino.models.vit import ViTConfig, VisionTransformer
 from braindino.volumes import PreprocessSpec
 from infra.local.bundled import missing_entries, upload_bundled
 from infra.local.services import LocalMlflow, create_bucket
+from tests.overrides import store_overrides
 
 pytestmark = pytest.mark.timeout(900)
 REPO = Path(__file__).resolve().parents[2]
@@ -90,10 +91,9 @@ def evaluation(bundled, candidate, object_store, tmp_path_factory):
     def evaluate(tasks: list[str], root: Path, *overrides: str):
         local = LocalMlflow(root / "mlflow")
         local.root.mkdir(parents=True, exist_ok=True)
-        store = {k: v for k, v in vars(object_store).items() if v is not None}
         config = load_config(EvaluateConfig, REPO / "configs" / "evaluate" / "bundled.yaml", [
             f"encoder={candidate}", f"tasks={json.dumps(tasks)}", f"manifest={bundled['output']}",
-            *(f"storage.{k}={v}" for k, v in store.items()), f"output={root / 'out'}",
+            *store_overrides("storage", object_store), f"output={root / 'out'}",
             f"features.cache=s3://{bundled['bucket']}/features", "features.slices_per_volume=16",
             "protocol.seeds=1", "protocol.resamples=100", "knn.k=[3]", "threads=1",
             f"tracking.tracking_uri={local.tracking_uri}", f"tracking.artifact_root={local.artifact_root}", *overrides])

@@ -9,7 +9,6 @@ import gzip
 import io
 import json
 from collections import Counter
-from dataclasses import asdict
 from html.parser import HTMLParser
 
 import nibabel as nib
@@ -21,6 +20,7 @@ from PIL import Image
 from braindino.volumes import PreprocessSpec
 from infra.local.services import create_bucket
 from tests.conftest import real_scan
+from tests.overrides import store_overrides
 
 pytestmark = pytest.mark.timeout(600)
 BUCKET = "status-data"
@@ -106,9 +106,8 @@ def test_status_summarises_the_manifest_runs_and_models_as_text_and_html(ingeste
     log_run(IngestConfig(ingest=settings, tracking=tracking), specs, report)
     capsys.readouterr()
 
-    store = [f"storage.{k}={v}" for k, v in asdict(object_store).items() if v is not None]
     main(["status", "--set", f"output={settings.output}", "--set", f"tracking.tracking_uri={mlflow_local.tracking_uri}",
-          *(item for s in store for item in ("--set", s))])
+          *(item for s in store_overrides("storage", object_store) for item in ("--set", s))])
     text = capsys.readouterr().out
 
     manifest_version, scans, slices = manifest_rows(object_store)
