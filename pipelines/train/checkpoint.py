@@ -14,14 +14,15 @@ A checkpoint is one directory:
 DCP itself stores ``.metadata`` as a pickle that torch unpickles on load (the tensors load with
 ``weights_only``): checkpoint storage must be writable only by training jobs. Schedules are pure
 functions of the step, so the step restores them. Under Ray Train every rank writes
-its part into its own local directory and reports it with ``ray.train.report``; Ray merges them into
-one checkpoint directory in the run's storage.
+its part into its own local directory and reports it with ``ray.train.report``; ``upload_checkpoint``
+copies it into the one checkpoint directory in the run's storage.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -179,3 +180,25 @@ def load_backbone_weights(directory: str | Path, part: str = "teacher") -> dict[
         raise KeyError(f"{directory}: checkpoint holds no {part!r} backbone (keys start with {prefix!r})")
     dcp.load(tensors, checkpoint_id=str(directory), no_dist=True)
     return {key.removeprefix(prefix): value for key, value in tensors.items()}
+
+
+def upload_checkpoint(checkpoint, directory_name: str):
+    """Ray Train's ``checkpoint_upload_fn``: copy this rank's part into the run's storage, failing on any file.
+
+    Ray's default upload (``pyarrow.fs.copy_files``) ignores a PUT that failed after its retries, when the
+    file is closed: the checkpoint would be registered without that file. Here a failed upload raises, the
+    worker group fails and Ray Train restarts it from the last checkpoint that landed whole.
+    """
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    filesystem = storage.storage_filesystem
+    destination = storage.build_checkpoint_path_from_name(directory_name)
+    source = Path(checkpoint.path)
+    for file in sorted(path for path in source.rglob("*") if path.is_file()):
+        target = f"{destination}/{file.relative_to(source).as_posix()}"
+        if filesystem.type_name != "s3":  # object stores have no folders to create
+            filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with file.open("rb") as local, filesystem.open_output_stream(target) as remote:
+            shutil.copyfileobj(local, remote, 16 * 2**20)
+    return ray.train.Checkpoint(filesystem=filesystem, path=destination)

@@ -23,7 +23,13 @@ from braindino.evaluation import knn_accuracy, patch_foreground, pca_rgb
 from braindino.models.vit import VisionTransformer
 from braindino.optim import build_optimizer
 from braindino.ssl import ScheduleValues, SelfDistillation, StepResult, training_step
-from pipelines.train.checkpoint import TrainState, load_backbone_weights, load_checkpoint, save_checkpoint
+from pipelines.train.checkpoint import (
+    TrainState,
+    load_backbone_weights,
+    load_checkpoint,
+    save_checkpoint,
+    upload_checkpoint,
+)
 from pipelines.train.config import PretrainConfig
 from pipelines.train.data import BatchMaker, ProbeSet, resize_square, worker_batches
 from pipelines.train.monitor import CollapseWatch, ThroughputWindow
@@ -144,7 +150,8 @@ class StageTrainer:
     def report(metrics: dict, directory: str) -> None:
         import ray.train
 
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_upload_fn=upload_checkpoint)
 
     # -- loop ----------------------------------------------------------------------------------------
 
