@@ -14,10 +14,9 @@ import pytest
 from infra.local.catalogue import entry as catalogue_entry
 from infra.local.services import free_port
 from pipelines.failures import EXIT_USER_ERROR, entry, explain
+from tests.voice import assert_own_voice
 
 REPO = Path(__file__).resolve().parents[2]
-ESCAPE = re.compile(r"\x1b\[|\r")
-THIRD_PARTY = ("Token authentication", "WARNING", "UserWarning", " INFO ", "mlflow.store", "ray.data.", "Progress bars")
 
 
 def braindino(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -41,14 +40,9 @@ def test_ingest_speaks_in_its_own_voice_and_keeps_ray_and_mlflow_in_the_log(tmp_
                       "--set", f"tracking.artifact_root={(tmp_path / 'artifacts').as_uri()}"],
                      tmp_path, BRAINDINO_ENV="dev")
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    (log,) = (tmp_path / "logs").glob("ingest-*.log")
-    assert lines[0] == f"braindino ingest: ingest 1 dataset into {output}"
-    assert re.fullmatch(rf"braindino ingest: done in \d+\.\d s; full log: {re.escape(str(log))}", lines[-1])
+    lines = assert_own_voice(done, "ingest", tmp_path / "logs", f"braindino ingest: ingest 1 dataset into {output}")
     assert "  scans: 1/1 scans (100%)" in done.stdout and "  scans ok 1; quarantined 0 (none)" in lines
-    assert not ESCAPE.search(done.stdout + done.stderr)
-    assert not [line for line in lines if any(marker in line for marker in THIRD_PARTY)], done.stdout
-    assert done.stderr == ""
+    (log,) = (tmp_path / "logs").glob("ingest-*.log")
     logged = log.read_text()
     assert "Started a local Ray instance" in logged and "mlflow.store" in logged and "py.warnings" in logged
 

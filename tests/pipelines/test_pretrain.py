@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from braindino.config import load_config
 from pipelines.train.config import PretrainConfig
+from tests.voice import assert_own_voice
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -45,6 +47,7 @@ def readme_run(tmp_path_factory, object_store, ingested):
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, item["Key"], str(target))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_", "BRAINDINO_ARTIFACT"))}
+    env["BRAINDINO_LOG_DIR"] = str(root / "logs")
     done = subprocess.run([str(Path(sys.executable).parent / "braindino"), *README_COMMAND], cwd=root, env=env,
                           capture_output=True, text=True, timeout=840)
     output = done.stdout + done.stderr
@@ -55,7 +58,7 @@ def readme_run(tmp_path_factory, object_store, ingested):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               f"tags.`braindino.run_name` = '{config.name}'")
     assert len(runs) == 1
-    return {"root": root, "output": output, "config": config, "uri": uri, "client": client, "run": runs[0]}
+    return {"root": root, "done": done, "output": output, "config": config, "uri": uri, "client": client, "run": runs[0]}
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +106,17 @@ def test_the_readme_command_trains_both_stages_on_a_local_ray_of_this_machine(re
     assert 0.0 <= run.data.metrics["knn_probe_accuracy"] <= 1.0 and run.data.metrics["images_per_s"] > 0
     pngs = [a.path for a in client.list_artifacts(run.info.run_id, "pca")]
     assert pngs and Path(client.download_artifacts(run.info.run_id, pngs[-1])).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_command_speaks_in_its_own_voice(readme_run):
+    config = readme_run["config"]
+    lines = assert_own_voice(readme_run["done"], "pretrain", readme_run["root"] / "logs",
+                             f"braindino pretrain: pretrain {config.name!r}: stage1 then stage2 on "
+                             f"{config.workers.num_workers} worker(s)")
+    run_id = readme_run["run"].info.run_id
+    assert any(re.match(rf"  MLflow run +{run_id} \(experiment ", line) for line in lines), lines[-8:]
+    assert any(re.fullmatch(rf"  registered +{config.register.model_name} version 1 @{config.register.alias}", line)
+               for line in lines), lines[-8:]
 
 
 def test_each_stage_logs_its_own_schedules_on_one_step_axis(readme_run):

@@ -1,0 +1,25 @@
+"""What a command run with a terminal-less stdout must look like: its own lines, Ray and MLflow in its log."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ESCAPE = re.compile(r"\x1b\[|\r")
+THIRD_PARTY = ("Token authentication", "WARNING", "UserWarning", " INFO ", "mlflow.store", "ray.data.", "Progress bars")
+
+
+def assert_own_voice(done: subprocess.CompletedProcess, job: str, log_dir: Path, first_line: str) -> list[str]:
+    """The exact first line, a last line naming the log file, nothing from third parties on stdout or
+    stderr, and their chatter in that log. Returns stdout's lines."""
+    lines = done.stdout.splitlines()
+    (log,) = log_dir.glob(f"{job}-*.log")
+    assert lines[0] == first_line, done.stdout[:2000]
+    assert re.fullmatch(rf"braindino {job}: done in \d+\.\d s; full log: {re.escape(str(log))}", lines[-1]), lines[-1]
+    assert not ESCAPE.search(done.stdout + done.stderr)
+    assert not [line for line in lines if any(marker in line for marker in THIRD_PARTY)], done.stdout
+    assert done.stderr == ""
+    logged = log.read_text()
+    assert re.search(r" (INFO|WARNING) ray[.:]", logged) and re.search(r" (INFO|WARNING) mlflow", logged), logged[-2000:]
+    return lines
