@@ -21,7 +21,9 @@ from mlflow.tracking import MlflowClient
 
 from braindino.config import load_config
 from infra.local.services import LocalMlflow
-from pipelines.demo import DemoConfig, run
+from pipelines.console import console
+from pipelines.demo import DemoConfig, main as demo
+from pipelines.failures import entry
 
 OUT = Path(__file__).resolve().parent / "claim"
 
@@ -43,9 +45,9 @@ def collect(config: DemoConfig) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/claim.yaml")
-    config = load_config(DemoConfig, parser.parse_args().config)
-    run(config)
-    print(f"[claim] table and curves in {collect(config)}")
+    path = parser.parse_args().config
+    entry(demo, ["--config", path])
+    console().say(f"[claim] table and curves in {collect(load_config(DemoConfig, path))}")
 
 
 if __name__ == "__main__":
