@@ -40,10 +40,9 @@ def test_ingest_speaks_in_its_own_voice_and_keeps_ray_and_mlflow_in_the_log(tmp_
                       "--set", f"tracking.artifact_root={(tmp_path / 'artifacts').as_uri()}"],
                      tmp_path, BRAINDINO_ENV="dev")
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = assert_own_voice(done, "ingest", tmp_path / "logs", f"braindino ingest: ingest 1 dataset into {output}")
+    lines, logged = assert_own_voice(done, "ingest", tmp_path / "logs",
+                                     f"braindino ingest: ingest 1 dataset into {output}")
     assert "  scans: 1/1 scans (100%)" in done.stdout and "  scans ok 1; quarantined 0 (none)" in lines
-    (log,) = (tmp_path / "logs").glob("ingest-*.log")
-    logged = log.read_text()
     assert "Started a local Ray instance" in logged and "mlflow.store" in logged and "py.warnings" in logged
 
 

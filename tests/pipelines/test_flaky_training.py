@@ -62,7 +62,7 @@ def test_training_through_a_flaky_store_sees_every_sample_and_restarts_after_a_l
     repeated = sorted({s for s in steps if steps.count(s) > 1})
     assert repeated and min(repeated) >= EVERY, steps  # the restart began at the first checkpoint, not at zero
     assert result.final_step == STAGE1 and max(steps) == STAGE1 - 1
-    key = f"{result.checkpoints['stage1']}/train_state.json"
-    state = json.loads(object_store.boto3_client().get_object(Bucket=bucket, Key=key.split("/", 1)[1])["Body"].read())
+    with object_store.s3_filesystem().open_input_stream(f"{result.checkpoints['stage1']}/train_state.json") as saved:
+        state = json.loads(saved.read())
     batch = config.stage1.batch_size_per_worker
     assert state["step"] == STAGE1 and state["data"]["samples_seen"] == STAGE1 * batch  # as many as a clean run

@@ -110,9 +110,9 @@ def test_the_readme_command_trains_both_stages_on_a_local_ray_of_this_machine(re
 
 def test_the_readme_command_speaks_in_its_own_voice(readme_run):
     config = readme_run["config"]
-    lines = assert_own_voice(readme_run["done"], "pretrain", readme_run["root"] / "logs",
-                             f"braindino pretrain: pretrain {config.name!r}: stage1 then stage2 on "
-                             f"{config.workers.num_workers} worker(s)")
+    lines, _ = assert_own_voice(readme_run["done"], "pretrain", readme_run["root"] / "logs",
+                                f"braindino pretrain: pretrain {config.name!r}: stage1 then stage2 on "
+                                f"{config.workers.num_workers} worker(s)")
     run_id = readme_run["run"].info.run_id
     assert any(re.match(rf"  MLflow run +{run_id} \(experiment ", line) for line in lines), lines[-8:]
     assert any(re.fullmatch(rf"  registered +{config.register.model_name} version 1 @{config.register.alias}", line)
