@@ -39,12 +39,14 @@ def test_shards_stream_whole_through_throttling_and_cut_downloads(object_store, 
         write_shard(fs, paths[-1], samples)
 
     store, proxy = flaky_store
-    proxy.inject(Fault("reset", ["get"], rate=0.05, cut_at=0.3, seed=3),
+    proxy.inject(Fault("reset", ["get"], key="shards/01.tar", count=1, cut_at=0.3),  # one cut download
+                 Fault("reset", ["get"], key="shards/04.tar", count=2, cut_at=0.6),  # cut twice in a row
+                 Fault("slow_down", ["get"], key="shards/02.tar", count=2),
                  Fault("slow_down", ["get", "head", "list"], rate=0.1, seed=1))
     rows = ray.data.read_webdataset(paths, filesystem=store.s3_filesystem()).take_all()
     proxy.clear()
 
-    assert proxy.injected(on="get") > 0
+    assert proxy.injected("reset", on="get") == 3 and proxy.injected("slow_down", on="get") >= 2
     assert sorted(row["__key__"] for row in rows) == sorted(expected)
     for row in rows:
         np.testing.assert_array_equal(row["npy"], expected[row["__key__"]])
