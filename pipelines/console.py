@@ -74,10 +74,11 @@ class Console:
         logging.getLogger(f"braindino.{self.job}").warning(text)
         self.say(f"warning: {text}")
 
-    def summary(self, rows: dict[str, object]) -> None:
-        """The closing table, then the last line: how long it took and where the full log is."""
-        self.say("summary:")
-        self.table(rows)
+    def summary(self, rows: dict[str, object] = {}) -> None:
+        """The closing table (if any rows), then the last line: how long it took and where the full log is."""
+        if rows:
+            self.say("summary:")
+            self.table(rows)
         seconds = time.monotonic() - self.started
         where = f"; full log: {self.log_path}" if self.log_path else ""
         self.say(f"braindino {self.job}: done in {seconds:.1f} s{where}")

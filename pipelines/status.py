@@ -208,8 +208,14 @@ def run(config: StatusConfig) -> Status:
     return status
 
 
+def report(config: StatusConfig) -> None:
+    """The command: the status, then the closing line that names the log."""
+    run(config)
+    console().summary()
+
+
 def main(argv=None) -> None:
     run_job("braindino status", "What an output root and an MLflow store hold, at a glance: manifest counts, "
-            "quarantine reasons, the last runs of each job and the registered models.", StatusConfig, run, argv,
+            "quarantine reasons, the last runs of each job and the registered models.", StatusConfig, report, argv,
             examples="braindino status --set output=s3://braindino-data/ingest "
                      "--set tracking.tracking_uri=http://mlflow:5000")

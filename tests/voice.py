@@ -10,10 +10,10 @@ ESCAPE = re.compile(r"\x1b\[|\r")
 THIRD_PARTY = ("Token authentication", "WARNING", "UserWarning", " INFO ", "mlflow.store", "ray.data.", "Progress bars")
 
 
-def assert_own_voice(done: subprocess.CompletedProcess, job: str, log_dir: Path,
-                     first_line: str) -> tuple[list[str], str]:
+def assert_own_voice(done: subprocess.CompletedProcess, job: str, log_dir: Path, first_line: str,
+                     chatter: tuple[str, ...] = ("ray", "mlflow")) -> tuple[list[str], str]:
     """The exact first line, a last line naming the log file, nothing from third parties on stdout or
-    stderr, and their chatter in that log. Returns stdout's lines and the log's text."""
+    stderr, and the ``chatter`` of those libraries in that log. Returns stdout's lines and the log's text."""
     lines = done.stdout.splitlines()
     (log,) = log_dir.glob(f"{job}-*.log")
     assert lines[0] == first_line, done.stdout[:2000]
@@ -22,5 +22,6 @@ def assert_own_voice(done: subprocess.CompletedProcess, job: str, log_dir: Path,
     assert not [line for line in lines if any(marker in line for marker in THIRD_PARTY)], done.stdout
     assert done.stderr == ""
     logged = log.read_text()
-    assert re.search(r" (INFO|WARNING) ray[.:]", logged) and re.search(r" (INFO|WARNING) mlflow", logged), logged[-2000:]
+    for library in chatter:
+        assert re.search(rf" (INFO|WARNING) {library}[.:]", logged), (library, logged[-2000:])
     return lines, logged

@@ -8,8 +8,12 @@ import base64
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from html.parser import HTMLParser
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +25,7 @@ from braindino.volumes import PreprocessSpec
 from infra.local.services import create_bucket
 from tests.conftest import real_scan
 from tests.overrides import store_overrides
+from tests.voice import assert_own_voice
 
 pytestmark = pytest.mark.timeout(600)
 BUCKET = "status-data"
@@ -91,10 +96,9 @@ class Tables(HTMLParser):
 
 
 def test_status_summarises_the_manifest_runs_and_models_as_text_and_html(ingested_root, object_store, mlflow_local,
-                                                                          tmp_path, capsys):
+                                                                          tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.cli import main
     from pipelines.ingestion import IngestConfig, log_run
     from pipelines.tracking import TrackingConfig
     from tests.registered import register_tiny_encoder
@@ -104,11 +108,17 @@ def test_status_summarises_the_manifest_runs_and_models_as_text_and_html(ingeste
                               artifact_root=mlflow_local.artifact_root)
     version = register_tiny_encoder(mlflow_local, tmp_path, SPEC)
     log_run(IngestConfig(ingest=settings, tracking=tracking), specs, report)
-    capsys.readouterr()
 
-    main(["status", "--set", f"output={settings.output}", "--set", f"tracking.tracking_uri={mlflow_local.tracking_uri}",
-          *(item for s in store_overrides("storage", object_store) for item in ("--set", s))])
-    text = capsys.readouterr().out
+    overrides = [f"output={settings.output}", f"tracking.tracking_uri={mlflow_local.tracking_uri}",
+                 *store_overrides("storage", object_store)]
+    env = {**os.environ, "BRAINDINO_LOG_DIR": str(tmp_path / "logs")}
+    done = subprocess.run([str(Path(sys.executable).parent / "braindino"), "status",
+                           *(item for o in overrides for item in ("--set", o))],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_own_voice(done, "status", tmp_path / "logs",
+                     f"braindino status: {settings.output} (MLflow {mlflow_local.tracking_uri})", chatter=())
+    text = done.stdout
 
     manifest_version, scans, slices = manifest_rows(object_store)
     current = [s for s in scans if s["status"] in ("ok", "quarantined")]
