@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,9 +29,11 @@ from braindino.volumes import PreprocessSpec
 from infra.local.bundled import missing_entries, upload_bundled
 from infra.local.services import LocalMlflow, create_bucket
 from tests.overrides import store_overrides
+from tests.voice import assert_own_voice
 
 pytestmark = pytest.mark.timeout(900)
 REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "evaluate" / "bundled.yaml"
 SPEC = PreprocessSpec(spacing=(4.0, 4.0, 4.0), slice_size=64)
 DATASETS = {
     "icbm152": ["icbm2009c_t1", "icbm2009c_t2"],
@@ -83,22 +87,33 @@ def quick_task(name: str, folder: Path, **changes) -> str:
 
 
 @pytest.fixture(scope="module")
-def evaluation(bundled, candidate, object_store, tmp_path_factory):
-    """``evaluation(tasks, root, *overrides)`` -> the evaluate job's result, with MLflow and outputs under ``root``."""
+def evaluate_overrides(bundled, candidate, object_store):
+    """``evaluate_overrides(tasks, root, *overrides)`` -> (``--set`` values of a quick evaluation with MLflow and
+    outputs under ``root``, that MLflow)."""
+
+    def build(tasks: list[str], root: Path, *overrides: str) -> tuple[list[str], LocalMlflow]:
+        local = LocalMlflow(root / "mlflow")
+        local.root.mkdir(parents=True, exist_ok=True)
+        return [f"encoder={candidate}", f"tasks={json.dumps(tasks)}", f"manifest={bundled['output']}",
+                *store_overrides("storage", object_store), f"output={root / 'out'}",
+                f"features.cache=s3://{bundled['bucket']}/features", "features.slices_per_volume=16",
+                "protocol.seeds=1", "protocol.resamples=100", "knn.k=[3]", "threads=1",
+                f"tracking.tracking_uri={local.tracking_uri}", f"tracking.artifact_root={local.artifact_root}",
+                *overrides], local
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def evaluation(evaluate_overrides):
+    """``evaluation(tasks, root, *overrides)`` -> the evaluate job's result, run in this process, and its MLflow."""
     from pipelines.evaluate import run
     from pipelines.evaluation.config import EvaluateConfig
 
     def evaluate(tasks: list[str], root: Path, *overrides: str):
-        local = LocalMlflow(root / "mlflow")
-        local.root.mkdir(parents=True, exist_ok=True)
-        config = load_config(EvaluateConfig, REPO / "configs" / "evaluate" / "bundled.yaml", [
-            f"encoder={candidate}", f"tasks={json.dumps(tasks)}", f"manifest={bundled['output']}",
-            *store_overrides("storage", object_store), f"output={root / 'out'}",
-            f"features.cache=s3://{bundled['bucket']}/features", "features.slices_per_volume=16",
-            "protocol.seeds=1", "protocol.resamples=100", "knn.k=[3]", "threads=1",
-            f"tracking.tracking_uri={local.tracking_uri}", f"tracking.artifact_root={local.artifact_root}", *overrides])
+        values, local = evaluate_overrides(tasks, root, *overrides)
         mlflow.set_tracking_uri(local.tracking_uri)
-        return run(config), local
+        return run(load_config(EvaluateConfig, CONFIG, values)), local
 
     return evaluate
 
@@ -185,6 +200,26 @@ def test_a_second_run_reads_the_cache_and_the_stored_split(first_run, evaluation
     outcome = result.outcomes["bundled-axial-position"]
     assert outcome.split_reused and outcome.split == first_run[0].outcomes["bundled-axial-position"].split
     assert all(r.encoded_slices == 0 and r.cached == r.scans == 5 for r in outcome.extraction.values())
+
+
+def test_the_command_speaks_in_its_own_voice(first_run, evaluate_overrides, ray_session, candidate):
+    """``braindino evaluate`` in a subprocess with a terminal-less stdout, attached to the session's Ray."""
+    import ray
+
+    _, _, root, _ = first_run
+    task = root / "bundled-axial-position.yaml"
+    values, local = evaluate_overrides([str(task)], root / "command", "register.enabled=false", "baselines=[]")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "BRAINDINO_LOG_DIR": str(root / "logs")}
+    done = subprocess.run([str(Path(sys.executable).parent / "braindino"), "evaluate", "--config", str(CONFIG),
+                           *(item for value in values for item in ("--set", value))],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    lines, _ = assert_own_voice(done, "evaluate", root / "logs", f"braindino evaluate: evaluate {candidate} on 1 task")
+    (run,) = MlflowClient(local.tracking_uri).search_runs([MlflowClient(local.tracking_uri).get_experiment_by_name(
+        "braindino-evaluate").experiment_id])
+    assert any(re.fullmatch(rf"  MLflow run +{run.info.run_id} \(experiment 'braindino-evaluate' at .*\)", line)
+               for line in lines), lines[-8:]
+    assert any(line.startswith("| bundled-axial-position |") for line in lines), done.stdout[-3000:]
 
 
 def test_a_changed_scan_is_re_extracted(first_run, evaluation, bundled, object_store):

@@ -58,7 +58,8 @@ def readme_run(tmp_path_factory, object_store, ingested):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               f"tags.`braindino.run_name` = '{config.name}'")
     assert len(runs) == 1
-    return {"root": root, "done": done, "output": output, "config": config, "uri": uri, "client": client, "run": runs[0]}
+    return {"root": root, "env": env, "done": done, "output": output, "config": config, "uri": uri, "client": client,
+            "run": runs[0]}
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,23 @@ def test_the_readme_command_speaks_in_its_own_voice(readme_run):
     assert any(re.match(rf"  MLflow run +{run_id} \(experiment ", line) for line in lines), lines[-8:]
     assert any(re.fullmatch(rf"  registered +{config.register.model_name} version 1 @{config.register.alias}", line)
                for line in lines), lines[-8:]
+
+
+def test_the_register_command_speaks_in_its_own_voice(readme_run):
+    """``braindino register`` on the README run's last checkpoint, under another model name (the run's own
+    registration stays the one the other tests read)."""
+    root, run = readme_run["root"], readme_run["run"]
+    checkpoint = run.data.tags["checkpoint.stage2"]
+    done = subprocess.run([str(Path(sys.executable).parent / "braindino"), "register", *README_COMMAND[1:],
+                           "--set", "register.model_name=braindino-encoder-cli", "--run-id", run.info.run_id,
+                           "--checkpoint", checkpoint], cwd=root, env=readme_run["env"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    lines, _ = assert_own_voice(done, "register", root / "logs", f"braindino register: register the EMA teacher of run "
+                                f"{run.info.run_id} as braindino-encoder-cli", chatter=("mlflow",))
+    version = readme_run["client"].get_model_version_by_alias("braindino-encoder-cli", "candidate")
+    assert version.run_id == run.info.run_id and version.tags["source_run"] == run.info.run_id
+    assert re.fullmatch(rf"  registered +braindino-encoder-cli version {version.version} @candidate", lines[-3]), lines
 
 
 def test_each_stage_logs_its_own_schedules_on_one_step_axis(readme_run):
