@@ -70,6 +70,7 @@ def connect_ray(num_cpus: int | None = None) -> None:
                               f"'ray job submit --address {address} --working-dir . -- python pipelines/JOB.py ...', "
                               "or unset RAY_ADDRESS to run on a local Ray")
     if address:
+        require_answering(address)
         ray.init(configure_logging=False)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
@@ -77,6 +78,21 @@ def connect_ray(num_cpus: int | None = None) -> None:
     if console().log_path:  # a command's console is open: Ray's output belongs in its log
         route_library_logs()
         route_worker_output()
+
+
+def require_answering(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, in one line, when RAY_ADDRESS names a ``host:port`` where nothing listens: ``ray.init``
+    would wait minutes for that GCS. ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UserFacingError(f"no Ray cluster answers at RAY_ADDRESS={address} ({err.strerror or err}): start the "
+                              "cluster (ray start --head), or unset RAY_ADDRESS to run on a local Ray") from None
 
 
 JOB_EXCLUDES = [".git", ".venv", ".local", ".pytest_cache", "*.egg-info"]

@@ -147,6 +147,18 @@ def test_an_unreachable_mlflow_server_is_one_line(monkeypatch, capsys):
                     "(MLFLOW_TRACKING_URI) at a running one")
 
 
+def test_a_ray_address_where_nothing_listens_is_one_line_at_once(tmp_path):
+    """``ray.init`` would wait minutes for a GCS that is not there; the driver says so in one line instead."""
+    address = f"127.0.0.1:{free_port()}"
+    environment = {**os.environ, "RAY_ADDRESS": address, "BRAINDINO_LOG_DIR": str(tmp_path / "logs")}
+    done = subprocess.run([sys.executable, "-c", "from pipelines.failures import entry\n"
+                           "from pipelines.jobs import connect_ray\nentry(lambda argv: connect_ray())"],
+                          cwd=REPO, env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_USER_ERROR, done.stderr
+    assert done.stderr.splitlines() == [f"error: no Ray cluster answers at RAY_ADDRESS={address} (Connection refused): "
+                                        "start the cluster (ray start --head), or unset RAY_ADDRESS to run on a local Ray"]
+
+
 def test_a_failing_command_leaves_running_the_ray_its_caller_started(ray_session, capsys):
     """Only a Ray the command itself started is shut down on failure; the test session's stays usable."""
     from pipelines.cli import main
