@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ESCAPE = re.compile(r"\x1b\[|\r")
 THIRD_PARTY = ("Token authentication", "WARNING", "UserWarning", " INFO ", "mlflow.store", "ray.data.", "Progress bars")
+BRAINDINO = str(Path(sys.executable).parent / "braindino")  # the console script the project installs
+
+
+def set_flags(values: list[str]) -> list[str]:
+    """``--set VALUE`` for each of ``values``."""
+    return [item for value in values for item in ("--set", value)]
+
+
+def run_braindino(args: list[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+                  timeout: float = 600) -> subprocess.CompletedProcess:
+    """``braindino ARGS`` as a user runs it: a subprocess whose stdout is no terminal, its log under ``log_dir``
+    (in this process's environment, or ``env``)."""
+    environment = {**(os.environ if env is None else env), "BRAINDINO_LOG_DIR": str(log_dir)}
+    return subprocess.run([BRAINDINO, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_own_voice(done: subprocess.CompletedProcess, job: str, log_dir: Path, first_line: str,

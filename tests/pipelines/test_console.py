@@ -14,16 +14,14 @@ import pytest
 from infra.local.catalogue import entry as catalogue_entry
 from infra.local.services import free_port
 from pipelines.failures import EXIT_USER_ERROR, entry, explain
-from tests.voice import assert_own_voice
+from tests.voice import assert_own_voice, run_braindino
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def braindino(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "BRAINDINO_LOG_DIR": str(tmp_path / "logs"), "BRAINDINO_PROGRESS_SECONDS": "0", **env}
-    environment.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=400)
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return run_braindino(args, tmp_path / "logs", {**environment, "BRAINDINO_PROGRESS_SECONDS": "0", **env}, REPO, 400)
 
 
 @pytest.mark.timeout(420)

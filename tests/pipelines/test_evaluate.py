@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from braindino.volumes import PreprocessSpec
 from infra.local.bundled import missing_entries, upload_bundled
 from infra.local.services import LocalMlflow, create_bucket
 from tests.overrides import store_overrides
-from tests.voice import assert_own_voice
+from tests.voice import assert_own_voice, run_braindino, set_flags
 
 pytestmark = pytest.mark.timeout(900)
 REPO = Path(__file__).resolve().parents[2]
@@ -209,14 +208,12 @@ def test_the_command_speaks_in_its_own_voice(first_run, evaluate_overrides, ray_
     _, _, root, _ = first_run
     task = root / "bundled-axial-position.yaml"
     values, local = evaluate_overrides([str(task)], root / "command", "register.enabled=false", "baselines=[]")
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "BRAINDINO_LOG_DIR": str(root / "logs")}
-    done = subprocess.run([str(Path(sys.executable).parent / "braindino"), "evaluate", "--config", str(CONFIG),
-                           *(item for value in values for item in ("--set", value))],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = run_braindino(["evaluate", "--config", str(CONFIG), *set_flags(values)], root / "logs",
+                         {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     lines, _ = assert_own_voice(done, "evaluate", root / "logs", f"braindino evaluate: evaluate {candidate} on 1 task")
-    (run,) = MlflowClient(local.tracking_uri).search_runs([MlflowClient(local.tracking_uri).get_experiment_by_name(
-        "braindino-evaluate").experiment_id])
+    client = MlflowClient(local.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("braindino-evaluate").experiment_id])
     assert any(re.fullmatch(rf"  MLflow run +{run.info.run_id} \(experiment 'braindino-evaluate' at .*\)", line)
                for line in lines), lines[-8:]
     assert any(line.startswith("| bundled-axial-position |") for line in lines), done.stdout[-3000:]

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from braindino.config import load_config
 from pipelines.train.config import PretrainConfig
-from tests.voice import assert_own_voice
+from tests.voice import assert_own_voice, run_braindino
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -47,9 +46,7 @@ def readme_run(tmp_path_factory, object_store, ingested):
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, item["Key"], str(target))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_", "BRAINDINO_ARTIFACT"))}
-    env["BRAINDINO_LOG_DIR"] = str(root / "logs")
-    done = subprocess.run([str(Path(sys.executable).parent / "braindino"), *README_COMMAND], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=840)
+    done = run_braindino(README_COMMAND, root / "logs", env, root, timeout=840)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     config = load_config(PretrainConfig, root / "configs/pretrain/tiny-cpu.yaml", ["data.manifest=.local/ingest"])
@@ -125,10 +122,9 @@ def test_the_register_command_speaks_in_its_own_voice(readme_run):
     registration stays the one the other tests read)."""
     root, run = readme_run["root"], readme_run["run"]
     checkpoint = run.data.tags["checkpoint.stage2"]
-    done = subprocess.run([str(Path(sys.executable).parent / "braindino"), "register", *README_COMMAND[1:],
-                           "--set", "register.model_name=braindino-encoder-cli", "--run-id", run.info.run_id,
-                           "--checkpoint", checkpoint], cwd=root, env=readme_run["env"], capture_output=True, text=True,
-                          timeout=300)
+    done = run_braindino(["register", *README_COMMAND[1:], "--set", "register.model_name=braindino-encoder-cli",
+                          "--run-id", run.info.run_id, "--checkpoint", checkpoint], root / "logs", readme_run["env"],
+                         root, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     lines, _ = assert_own_voice(done, "register", root / "logs", f"braindino register: register the EMA teacher of run "
                                 f"{run.info.run_id} as braindino-encoder-cli", chatter=("mlflow",))

@@ -8,12 +8,8 @@ import base64
 import gzip
 import io
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from html.parser import HTMLParser
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -25,7 +21,7 @@ from braindino.volumes import PreprocessSpec
 from infra.local.services import create_bucket
 from tests.conftest import real_scan
 from tests.overrides import store_overrides
-from tests.voice import assert_own_voice
+from tests.voice import assert_own_voice, run_braindino, set_flags
 
 pytestmark = pytest.mark.timeout(600)
 BUCKET = "status-data"
@@ -111,10 +107,7 @@ def test_status_summarises_the_manifest_runs_and_models_as_text_and_html(ingeste
 
     overrides = [f"output={settings.output}", f"tracking.tracking_uri={mlflow_local.tracking_uri}",
                  *store_overrides("storage", object_store)]
-    env = {**os.environ, "BRAINDINO_LOG_DIR": str(tmp_path / "logs")}
-    done = subprocess.run([str(Path(sys.executable).parent / "braindino"), "status",
-                           *(item for o in overrides for item in ("--set", o))],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = run_braindino(["status", *set_flags(overrides)], tmp_path / "logs", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert_own_voice(done, "status", tmp_path / "logs",
                      f"braindino status: {settings.output} (MLflow {mlflow_local.tracking_uri})", chatter=())

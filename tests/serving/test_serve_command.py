@@ -7,15 +7,13 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from infra.local.services import free_port
 from tests.conftest import real_scan
-from tests.voice import assert_own_voice
+from tests.voice import BRAINDINO, assert_own_voice, set_flags
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,8 +33,8 @@ def test_the_command_serves_the_champion_until_interrupted_in_its_own_voice(regi
     port, token = free_port(), secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
     env.update({TOKEN_ENV: token, "BRAINDINO_LOG_DIR": str(tmp_path / "logs")})
-    command = [str(Path(sys.executable).parent / "braindino"), "serve", "--set", f"http.port={port}",
-               "--set", f"encoder.tracking_uri={registry.mlflow.tracking_uri}", "--set", "ingress.slices_per_volume=8"]
+    command = [BRAINDINO, "serve", *set_flags([f"http.port={port}", f"encoder.tracking_uri={registry.mlflow.tracking_uri}",
+                                               "ingress.slices_per_volume=8"])]
     stderr_file = tmp_path / "stderr.txt"
     with stderr_file.open("w") as stderr:
         server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
